@@ -1,0 +1,419 @@
+"""Typed, frozen configuration and the one function that builds it: `load_config`.
+
+Every section is a frozen dataclass whose field types drive validation, so an error always names the
+key path (`blend.weights.recency: expected a number >= 0, got 'high'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import ipaddress
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_PREFIX = "ES_RERANK_PROXY_"
+
+DEFAULT_INSTRUCTION = (
+    "Given a library catalogue search query, retrieve the books, articles and other resources "
+    "whose title and abstract best match what the searcher is looking for"
+)
+
+Mode = Literal["off", "rerank", "shadow"]
+RerankerApi = Literal["vllm", "tei", "cohere", "embeddings"]
+PromptFormat = Literal["qwen3", "none"]
+
+
+def _min(value: float) -> dict[str, float]:
+    return {"min": value}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = field(default=9201, metadata={"min": 0, "max": 65535})
+    shutdown_timeout_s: float = field(default=10.0, metadata=_min(0))
+    max_search_body_bytes: int = field(default=10 * 1024 * 1024, metadata=_min(1024))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=9202, metadata={"min": 0, "max": 65535})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElasticsearchConfig:
+    url: tuple[str, ...] = ("http://127.0.0.1:9200",)
+    timeout_s: float = field(default=60.0, metadata={"min": 0.001})
+    connect_timeout_s: float = field(default=5.0, metadata={"min": 0.001})
+    max_connections: int = field(default=256, metadata=_min(1))
+    # TLS: a CA bundle, or the SHA-256 fingerprint of the server certificate (as Elasticsearch 8 prints it).
+    ca_certs: str = ""
+    ssl_assert_fingerprint: str = ""
+    verify_certs: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerankConfig:
+    indices: tuple[str, ...] = ("*",)
+    window: int = field(default=100, metadata=_min(1))
+    top_n: int = field(default=20, metadata=_min(1))
+    text_fields: tuple[str, ...] = ("title", "abstract")
+    max_doc_chars: int = field(default=2000, metadata=_min(1))
+    instruction: str = DEFAULT_INSTRUCTION
+    query_text_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerConfig:
+    failures: int = field(default=5, metadata=_min(1))
+    window_s: float = field(default=10.0, metadata={"min": 0.001})
+    open_s: float = field(default=10.0, metadata={"min": 0.001})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    max_entries: int = field(default=10_000, metadata=_min(0))
+    ttl_s: float = field(default=600.0, metadata=_min(0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RerankerConfig:
+    url: tuple[str, ...] = ("http://127.0.0.1:8000",)
+    api: RerankerApi = "vllm"
+    model: str = "Qwen/Qwen3-Reranker-0.6B"
+    prompt_format: PromptFormat = "qwen3"
+    timeout_ms: int = field(default=300, metadata=_min(1))
+    retries: int = field(default=1, metadata=_min(0))
+    max_concurrency: int = field(default=64, metadata=_min(1))
+    api_key: str = field(default="", metadata={"secret": True})
+    # Embedding servers (api: embeddings) want role prefixes; these suit the e5 family.
+    query_prefix: str = "query: "
+    passage_prefix: str = "passage: "
+    breaker: BreakerConfig = BreakerConfig()
+    cache: CacheConfig = CacheConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlendWeights:
+    rerank: float = field(default=0.7, metadata=_min(0))
+    bm25: float = field(default=0.1, metadata=_min(0))
+    recency: float = field(default=0.1, metadata=_min(0))
+    citations: float = field(default=0.1, metadata=_min(0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecencyConfig:
+    field: str = "published"
+    half_life_days: float = dataclasses.field(default=1825.0, metadata={"min": 0.001})
+    missing: float = dataclasses.field(default=0.0, metadata={"min": 0, "max": 1})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CitationsConfig:
+    field: str = "citations"
+    saturation: float = dataclasses.field(default=1000.0, metadata={"min": 0.001})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlendConfig:
+    weights: BlendWeights = BlendWeights()
+    recency: RecencyConfig = RecencyConfig()
+    citations: CitationsConfig = CitationsConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryRule:
+    name: str
+    cidr: tuple[str, ...]
+    mode: Mode
+    indices: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanaryConfig:
+    # `rerank` so that a config without a canary section simply reranks; roll out with `off` plus rules.
+    default: Mode = "rerank"
+    percent: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    salt: str = "es-rerank-proxy"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    override_token: str = field(default="", metadata={"secret": True})
+    shadow_max_inflight: int = field(default=16, metadata=_min(0))
+    rules: tuple[CanaryRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    query_text: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
+    rerank: RerankConfig = RerankConfig()
+    reranker: RerankerConfig = RerankerConfig()
+    blend: BlendConfig = BlendConfig()
+    canary: CanaryConfig = CanaryConfig()
+    log: LogConfig = LogConfig()
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read YAML at `path` (None: defaults only), apply `ES_RERANK_PROXY_*` variables, validate, freeze."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"(top level): expected a mapping, got {_describe(loaded)}")
+        raw = loaded
+    for dotted, value in (overrides or {}).items():
+        _set_path(raw, dotted.split("."), value)
+    _apply_environment(raw, os.environ if environ is None else environ)
+    config: Config = _build(Config, raw, "")
+    _check_relations(config)
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Validate an in-memory mapping exactly as `load_config` validates a file (used by tests and tools)."""
+    config: Config = _build(Config, dict(data), "")
+    _check_relations(config)
+    return config
+
+
+def config_to_dict(config: Config, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked, ready for YAML or JSON."""
+    return typing.cast(dict[str, Any], _to_plain(config, mask_secrets))
+
+
+def _to_plain(value: Any, mask: bool) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if mask and f.metadata.get("secret") and item:
+                out[f.name] = "***"
+            else:
+                out[f.name] = _to_plain(item, mask)
+        return out
+    if isinstance(value, tuple):
+        return [_to_plain(v, mask) for v in value]
+    return value
+
+
+# --- environment ------------------------------------------------------------------------------------
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """`ES_RERANK_PROXY_<SECTION>_<KEY>` overrides a scalar key of a top-level section (for containers)."""
+    for section in dataclasses.fields(Config):
+        section_type = _resolved_hints(Config)[section.name]
+        for key in dataclasses.fields(section_type):
+            hint = _resolved_hints(section_type)[key.name]
+            if dataclasses.is_dataclass(hint):
+                continue
+            name = f"{ENV_PREFIX}{section.name}_{key.name}".upper()
+            if name in environ:
+                value: Any = environ[name]
+                if typing.get_origin(hint) is tuple:
+                    value = [part.strip() for part in value.split(",") if part.strip()]
+                _set_path(raw, [section.name, key.name], value, from_env=name)
+
+
+def _set_path(raw: dict[str, Any], keys: list[str], value: Any, from_env: str | None = None) -> None:
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            where = ".".join(keys[: depth + 1])
+            raise ConfigError(f"{where}: expected a mapping, got {_describe(child)}")
+        node = child
+    node[keys[-1]] = _EnvString(value) if from_env is not None and isinstance(value, str) else value
+
+
+class _EnvString(str):
+    """A string that came from the environment, so numbers and booleans may be parsed from it."""
+
+    __slots__ = ()
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _resolved_hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '(top level)'}: expected a mapping, got {_describe(data)}")
+    hints = _resolved_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in fields)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key (known keys: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key_path}: required key is missing")
+            continue
+        values[name] = _convert(hints[name], data[name], key_path, f.metadata)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type, hint), value, path)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            allowed = " | ".join(str(c) for c in choices)
+            raise ConfigError(f"{path}: expected one of {allowed}, got {_describe(value)}")
+        return value
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        items = [value] if isinstance(value, str) and item_type is str else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+        return tuple(_convert(item_type, item, f"{path}[{i}]", meta) for i, item in enumerate(items))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type at {path}: {hint}")  # pragma: no cover
+    if hint is bool:
+        if isinstance(value, _EnvString) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
+            return value.lower() in ("true", "1", "yes", "on")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int or hint is float:
+        return _number(hint, value, path, meta)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
+        return str(value)
+    raise TypeError(f"unsupported config type at {path}: {hint}")  # pragma: no cover
+
+
+def _number(hint: type, value: Any, path: str, meta: Mapping[str, Any]) -> int | float:
+    low, high = meta.get("min"), meta.get("max")
+    kind = "a whole number" if hint is int else "a number"
+    bounds = ""
+    if low is not None and high is not None:
+        bounds = f" from {low:g} to {high:g}"
+    elif low is not None:
+        bounds = f" >= {low:g}"
+    expected = f"{path}: expected {kind}{bounds}, got {_describe(value)}"
+    if isinstance(value, _EnvString):
+        try:
+            value = int(value) if hint is int else float(value)
+        except ValueError:
+            raise ConfigError(expected) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(expected)
+    if hint is int and not (isinstance(value, int) or float(value).is_integer()):
+        raise ConfigError(expected)
+    number: int | float = int(value) if hint is int else float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(expected)
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ConfigError(expected)
+    return number
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(str(value) if isinstance(value, _EnvString) else value)
+
+
+def _check_relations(config: Config) -> None:
+    """Rules that span keys: the ones a type alone cannot express."""
+    if config.rerank.window < config.rerank.top_n:
+        raise ConfigError(
+            f"rerank.window: must be >= rerank.top_n ({config.rerank.top_n}), got {config.rerank.window}"
+        )
+    weights = config.blend.weights
+    if weights.rerank + weights.bm25 + weights.recency + weights.citations <= 0:
+        raise ConfigError("blend.weights: at least one weight must be > 0, all are 0")
+    for section, urls in (
+        ("elasticsearch.url", config.elasticsearch.url),
+        ("reranker.url", config.reranker.url),
+    ):
+        if not urls:
+            raise ConfigError(f"{section}: expected at least one URL, got an empty list")
+        for i, url in enumerate(urls):
+            if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
+                raise ConfigError(f"{section}[{i}]: expected an http:// or https:// URL, got {url!r}")
+    if config.elasticsearch.ca_certs and not Path(config.elasticsearch.ca_certs).is_file():
+        raise ConfigError(f"elasticsearch.ca_certs: no such file: {config.elasticsearch.ca_certs!r}")
+    fingerprint = config.elasticsearch.ssl_assert_fingerprint.replace(":", "")
+    if fingerprint and (
+        len(fingerprint) != 64 or any(c not in "0123456789abcdefABCDEF" for c in fingerprint)
+    ):
+        raise ConfigError(
+            "elasticsearch.ssl_assert_fingerprint: expected a SHA-256 fingerprint (64 hex digits), "
+            f"got {config.elasticsearch.ssl_assert_fingerprint!r}"
+        )
+    for name, ranges in (("canary.trusted_proxies", config.canary.trusted_proxies),):
+        _check_networks(name, ranges)
+    for i, rule in enumerate(config.canary.rules):
+        _check_networks(f"canary.rules[{i}].cidr", rule.cidr)
+        if not rule.cidr:
+            raise ConfigError(f"canary.rules[{i}].cidr: expected at least one address range")
+    names = [rule.name for rule in config.canary.rules]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"canary.rules[{i}].name: duplicate rule name {name!r}")
+
+
+def _check_networks(path: str, ranges: tuple[str, ...]) -> None:
+    for i, text in enumerate(ranges):
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{path}[{i}]: expected an IP address range like 10.0.0.0/8, got {text!r}"
+            ) from None

@@ -1,0 +1,95 @@
+"""Forward a request to Elasticsearch and stream the answer back, byte for byte.
+
+Bodies flow through in chunks in both directions, so a 1 GB `_bulk` costs constant memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from .errors import UpstreamError
+from .upstream import (
+    Elasticsearch,
+    forwardable_request_headers,
+    forwardable_response_headers,
+    upstream_error_response_body,
+    upstream_error_status,
+)
+
+log = logging.getLogger(__name__)
+
+# Large enough that a bulk response streams in few writes, small enough to keep memory flat.
+_CHUNK = 256 * 1024
+
+
+def raw_target(request: web.BaseRequest) -> str:
+    """Path and query exactly as the client encoded them; an absolute-form target loses its authority."""
+    if request.rel_url.raw_path != request.raw_path.split("?", 1)[0]:
+        # absolute-form (`GET http://other-host/x`): aiohttp gives the origin-relative part in rel_url
+        return request.rel_url.raw_path_qs
+    return request.raw_path
+
+
+def error_response(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
+    """502/504 in Elasticsearch's error shape; the proxy goes on serving others."""
+    response = web.Response(
+        status=upstream_error_status(error),
+        body=upstream_error_response_body(error),
+        content_type="application/json",
+        charset="UTF-8",
+    )
+    response.headers["X-Elastic-Product"] = "Elasticsearch"
+    if extra_headers:
+        response.headers.update(extra_headers)
+    return response
+
+
+async def forward(
+    request: web.Request,
+    es: Elasticsearch,
+    *,
+    body: bytes | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Send the request on unchanged (`body`: already read; else streamed) and stream the answer back."""
+    headers = forwardable_request_headers(request.headers)
+    payload: bytes | aiohttp.StreamReader | None
+    if body is not None:
+        payload = body
+    elif request.body_exists:
+        payload = request.content
+    else:
+        payload = None
+    try:
+        async with es.request(request.method, raw_target(request), headers, payload) as upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response.headers.extend(forwardable_response_headers(upstream.headers))
+            if extra_headers:
+                response.headers.update(extra_headers)
+            await response.prepare(request)
+            if request.method != "HEAD" and not await _copy_body(upstream, response):
+                # The status line is already sent: the only honest signal left is to cut the connection.
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            await response.write_eof()
+            return response
+    except UpstreamError as exc:
+        log.warning("elasticsearch request failed: %s", exc.reason)
+        return error_response(exc, extra_headers)
+
+
+async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> bool:
+    """Copy the body chunk by chunk; False when Elasticsearch broke off mid-body."""
+    try:
+        async for chunk in upstream.content.iter_chunked(_CHUNK):
+            await response.write(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("elasticsearch broke off a response mid-body: %r", exc)
+        return False
+    return True

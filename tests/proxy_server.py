@@ -1,0 +1,133 @@
+"""The proxy under test, on free ports in a thread of its own (so sync clients can call it) or a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from es_rerank_proxy.app import create_admin_app, create_app
+from es_rerank_proxy.config import Config, config_from_dict
+from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+
+
+@dataclass
+class RunningProxy:
+    url: str
+    admin_url: str
+    config: Config
+    app: web.Application | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+
+def make_config(es_url: str, reranker_url: str = "http://127.0.0.1:9", **sections: Any) -> Config:
+    """A validated config pointing at the test upstreams; `sections` override whole keys by section."""
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "shutdown_timeout_s": 2},
+        "admin": {"host": "127.0.0.1", "port": 0},
+        "elasticsearch": {"url": [es_url], "timeout_s": 10},
+        "reranker": {"url": [reranker_url]},
+    }
+    for section, values in sections.items():
+        merged = dict(data.get(section, {}))
+        merged.update(values)
+        data[section] = merged
+    return config_from_dict(data)
+
+
+@contextmanager
+def proxy_in_thread(config: Config) -> Iterator[RunningProxy]:
+    """Run create_app/create_admin_app on their own event loop in a daemon thread."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    stop: asyncio.Event | None = None
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        nonlocal stop
+        stop = asyncio.Event()
+        public = create_app(config)
+        runner = web.AppRunner(
+            public, auto_decompress=False, shutdown_timeout=config.server.shutdown_timeout_s, access_log=None
+        )
+        await runner.setup()
+        admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
+        await admin_runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", free_port())
+        admin_site = web.TCPSite(admin_runner, "127.0.0.1", free_port())
+        await site.start()
+        await admin_site.start()
+        holder["proxy"] = RunningProxy(url=site.name, admin_url=admin_site.name, config=config, app=public)
+        started.set()
+        try:
+            await stop.wait()
+        finally:
+            await admin_runner.cleanup()
+            await runner.cleanup()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main())
+        except BaseException as exc:  # surfaced to the test through `holder`
+            holder["error"] = exc
+            started.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="proxy-under-test", daemon=True)
+    thread.start()
+    started.wait(30)
+    if "error" in holder:
+        raise holder["error"]
+    try:
+        yield holder["proxy"]
+    finally:
+        assert stop is not None
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+@contextmanager
+def proxy_process(config: Config, tmp_dir: Path) -> Iterator[RunningProxy]:
+    """Run `python -m es_rerank_proxy serve` as its own process (for memory and signal tests)."""
+    from es_rerank_proxy.config import config_to_dict
+
+    data = config_to_dict(config, mask_secrets=False)
+    data["server"]["port"] = free_port()
+    data["admin"]["port"] = free_port()
+    path = tmp_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with (tmp_dir / "proxy.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")},
+        )
+    running = RunningProxy(
+        url=f"http://127.0.0.1:{data['server']['port']}",
+        admin_url=f"http://127.0.0.1:{data['admin']['port']}",
+        config=config,
+        process=process,
+    )
+    try:
+        wait_for_http(running.admin_url + "/_rerank/health", process=process)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
