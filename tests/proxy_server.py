@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ from aiohttp import web
 from es_rerank_proxy.app import create_admin_app, create_app
 from es_rerank_proxy.config import Config, config_from_dict
 from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+
+from .threaded import in_thread
 
 
 @dataclass
@@ -45,57 +45,30 @@ def make_config(es_url: str, reranker_url: str = "http://127.0.0.1:9", **section
     return config_from_dict(data)
 
 
-@contextmanager
-def proxy_in_thread(config: Config) -> Iterator[RunningProxy]:
-    """Run create_app/create_admin_app on their own event loop in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stop: asyncio.Event | None = None
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        nonlocal stop
-        stop = asyncio.Event()
-        public = create_app(config)
-        runner = web.AppRunner(
-            public, auto_decompress=False, shutdown_timeout=config.server.shutdown_timeout_s, access_log=None
-        )
-        await runner.setup()
-        admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
-        await admin_runner.setup()
+@asynccontextmanager
+async def running_proxy(config: Config) -> AsyncIterator[RunningProxy]:
+    """The public and admin apps on free loopback ports, configured exactly as `serve` does."""
+    public = create_app(config)
+    runner = web.AppRunner(
+        public, auto_decompress=False, shutdown_timeout=config.server.shutdown_timeout_s, access_log=None
+    )
+    await runner.setup()
+    admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
+    await admin_runner.setup()
+    try:
         site = web.TCPSite(runner, "127.0.0.1", free_port())
         admin_site = web.TCPSite(admin_runner, "127.0.0.1", free_port())
         await site.start()
         await admin_site.start()
-        holder["proxy"] = RunningProxy(url=site.name, admin_url=admin_site.name, config=config, app=public)
-        started.set()
-        try:
-            await stop.wait()
-        finally:
-            await admin_runner.cleanup()
-            await runner.cleanup()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(main())
-        except BaseException as exc:  # surfaced to the test through `holder`
-            holder["error"] = exc
-            started.set()
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=run, name="proxy-under-test", daemon=True)
-    thread.start()
-    started.wait(30)
-    if "error" in holder:
-        raise holder["error"]
-    try:
-        yield holder["proxy"]
+        yield RunningProxy(url=site.name, admin_url=admin_site.name, config=config, app=public)
     finally:
-        assert stop is not None
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
+        await admin_runner.cleanup()
+        await runner.cleanup()
+
+
+def proxy_in_thread(config: Config) -> AbstractContextManager[RunningProxy]:
+    """The proxy on an event loop of its own, so sync clients in the test thread can call it."""
+    return in_thread(lambda: running_proxy(config), name="proxy-under-test")
 
 
 @contextmanager
