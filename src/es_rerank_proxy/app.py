@@ -8,10 +8,14 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 
-from . import passthrough
+from . import passthrough, search
 from .config import Config
+from .pipeline import SearchPipeline, Settings
+from .reranker import RerankerClient
+from .scoring import Scorer
 from .upstream import Elasticsearch, create_session
 
 log = logging.getLogger(__name__)
@@ -19,15 +23,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class ConfigState:
-    """The config in force; hot reload swaps `current` and new requests read it."""
+    """The config in force and what is derived from it; hot reload swaps `settings`, new requests read it."""
 
-    current: Config
+    settings: Settings
     path: str | None = None
     loaded_at: float = field(default=0.0)
+
+    @property
+    def current(self) -> Config:
+        return self.settings.config
 
 
 CONFIG = web.AppKey("config", ConfigState)
 ELASTICSEARCH = web.AppKey("elasticsearch", Elasticsearch)
+RERANKER = web.AppKey("reranker", RerankerClient)
+SCORER = web.AppKey("scorer", Scorer)
+PIPELINE = web.AppKey("pipeline", SearchPipeline)
 
 
 def create_app(
@@ -35,8 +46,11 @@ def create_app(
 ) -> web.Application:
     """The public listener: eligible searches go through the pipeline, everything else streams through."""
     app = web.Application(client_max_size=config.server.max_search_body_bytes)
-    app[CONFIG] = ConfigState(current=config, path=config_path, loaded_at=(clock or _wall_clock)())
+    app[CONFIG] = ConfigState(
+        Settings.from_config(config), path=config_path, loaded_at=(clock or _wall_clock)()
+    )
     app.cleanup_ctx.append(_elasticsearch_ctx)
+    app.cleanup_ctx.append(_reranker_ctx)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app
 
@@ -54,8 +68,33 @@ async def _elasticsearch_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _reranker_ctx(app: web.Application) -> AsyncIterator[None]:
+    state = app[CONFIG]
+    cfg = state.current
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.reranker.max_concurrency + 8, keepalive_timeout=60),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    client = RerankerClient(session, cfg.reranker, cfg.rerank.instruction)
+    scorer = Scorer(client, cfg.reranker, model_key=state.settings.model_key, on_breaker_change=_log_breaker)
+    app[RERANKER] = client
+    app[SCORER] = scorer
+    app[PIPELINE] = SearchPipeline(es=app[ELASTICSEARCH], scorer=scorer, settings=lambda: state.settings)
+    yield
+    await scorer.aclose()
+    await session.close()
+
+
+def _log_breaker(name: str, old: str, new: str) -> None:
+    level = logging.WARNING if new == "open" else logging.INFO
+    log.log(level, "reranker circuit breaker for %s: %s -> %s", name, old, new)
+
+
 async def _handle(request: web.Request) -> web.StreamResponse:
-    return await passthrough.forward(request, request.app[ELASTICSEARCH])
+    endpoint = search.classify_endpoint(request.method, request.rel_url.raw_path)
+    if endpoint is None:
+        return await passthrough.forward(request, request.app[ELASTICSEARCH])
+    return await request.app[PIPELINE].handle(request, endpoint)
 
 
 def create_admin_app(public: web.Application) -> web.Application:
