@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ class RunningProxy:
     config: Config
     app: web.Application | None = None
     process: subprocess.Popen[bytes] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 def make_config(es_url: str, reranker_url: str = "http://127.0.0.1:9", **sections: Any) -> Config:
@@ -60,7 +62,13 @@ async def running_proxy(config: Config) -> AsyncIterator[RunningProxy]:
         admin_site = web.TCPSite(admin_runner, "127.0.0.1", free_port())
         await site.start()
         await admin_site.start()
-        yield RunningProxy(url=site.name, admin_url=admin_site.name, config=config, app=public)
+        yield RunningProxy(
+            url=site.name,
+            admin_url=admin_site.name,
+            config=config,
+            app=public,
+            loop=asyncio.get_running_loop(),
+        )
     finally:
         await admin_runner.cleanup()
         await runner.cleanup()

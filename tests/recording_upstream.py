@@ -29,6 +29,7 @@ class RecordingUpstream:
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
     hang: bool = False
+    delay_s: float = 0.0  # answer after this long
     response_bytes: int = 0  # >0: answer with a streamed body of this size instead
 
 
@@ -47,6 +48,8 @@ async def recording_upstream(port: int | None = None) -> AsyncIterator[Recording
         )
         if state.hang:
             await asyncio.sleep(3600)
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
         if state.response_bytes:
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             response.content_length = state.response_bytes

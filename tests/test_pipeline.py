@@ -4,103 +4,22 @@ from __future__ import annotations
 
 import gzip
 import itertools
-import random
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
 import pytest
 import requests
-from elasticsearch import Elasticsearch, helpers
+from elasticsearch import Elasticsearch
 
 from es_rerank_proxy.blend import parse_date
 from es_rerank_proxy.reranker import format_qwen3_document, format_qwen3_query
 
-from .fake_reranker import FakeReranker, hash_score, start_fake_reranker
+from .conftest import INDEX, QUERY
+from .fake_reranker import FakeReranker, hash_score
 from .proxy_server import RunningProxy
-from .threaded import in_thread
-
-INDEX = "library-e2e"
-TOPICS = ["neural", "search", "library", "ranking", "catalogue", "retrieval", "semantic", "journal"]
-FILLER = ["history", "of", "the", "modern", "study", "physics", "methods", "review", "data", "archive"]
-QUERY = {"match": {"abstract": "neural search"}}
-ONLY = dict.fromkeys(("rerank", "bm25", "recency", "citations"), 0.0)
-
-
-def _random_date(rng: random.Random) -> str:
-    return f"{1990 + rng.randrange(35)}-{1 + rng.randrange(12):02d}-{1 + rng.randrange(28):02d}"
-
-
-def _corpus(count: int) -> list[dict[str, Any]]:
-    rng = random.Random(7)
-    docs = []
-    for i in range(count):
-        topical = rng.sample(TOPICS, 2) if i % 4 else []
-        words = topical + rng.sample(FILLER, 5)
-        rng.shuffle(words)
-        doc: dict[str, Any] = {
-            "_index": INDEX,
-            "_id": f"doc-{i}",
-            "title": " ".join(words[:4]).capitalize() + f" {i}",
-            "abstract": " ".join(words) + ("" if i % 7 else " 神经 检索"),
-            "published": _random_date(rng),
-            "citations": rng.randrange(0, 5000),
-        }
-        if i % 11 == 0:
-            del doc["published"]
-        docs.append(doc)
-    return docs
-
-
-@pytest.fixture(scope="session")
-def library(es_direct: Elasticsearch) -> str:
-    if es_direct.indices.exists(index=INDEX):
-        es_direct.indices.delete(index=INDEX)
-    es_direct.indices.create(
-        index=INDEX,
-        mappings={
-            "properties": {
-                "title": {"type": "text"},
-                "abstract": {"type": "text"},
-                "published": {"type": "date"},
-                "citations": {"type": "integer"},
-            }
-        },
-    )
-    helpers.bulk(es_direct, _corpus(400), refresh=True)
-    return INDEX
-
-
-@pytest.fixture(scope="session")
-def session_fake() -> Iterator[FakeReranker]:
-    with in_thread(lambda: start_fake_reranker(), name="fake-vllm") as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(session_fake: FakeReranker) -> FakeReranker:
-    session_fake.reset()
-    return session_fake
-
-
-@pytest.fixture
-def reranking_proxy(
-    start_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker, library: str
-) -> Callable[..., AbstractContextManager[RunningProxy]]:
-    """`with reranking_proxy(weights={...}, rerank={...}) as proxy`: in front of noida-db and the fake."""
-
-    def start(
-        weights: dict[str, float] | None = None, **sections: Any
-    ) -> AbstractContextManager[RunningProxy]:
-        blend = sections.pop("blend", {})
-        if weights is not None:
-            blend = {**blend, "weights": {**ONLY, **weights}}
-        reranker = {"url": [fake.url], "timeout_ms": 2000, **sections.pop("reranker", {})}
-        return start_proxy(reranker_url=fake.url, blend=blend, reranker=reranker, **sections)
-
-    return start
 
 
 def _ids(response: Any) -> list[str]:

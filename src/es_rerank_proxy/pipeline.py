@@ -88,6 +88,12 @@ class SearchRecord:
     cache_misses: int = 0
     moved_top10: float | None = None
     searches: int = 1
+    started: float = field(default_factory=time.perf_counter)
+
+    def server_timing(self) -> str:
+        """`Server-Timing` value: where this search's time went so far, in milliseconds."""
+        total = (time.perf_counter() - self.started) * 1000
+        return f"es;dur={self.es_s * 1000:.3f}, rerank;dur={self.rerank_s * 1000:.3f}, total;dur={total:.3f}"
 
 
 @dataclass(slots=True)
@@ -123,7 +129,6 @@ class SearchPipeline:
     shadow: Callable[[web.Request, search.SearchEndpoint, _Body, Settings], Awaitable[None]] | None = None
 
     async def handle(self, request: web.Request, endpoint: search.SearchEndpoint) -> web.StreamResponse:
-        started = time.perf_counter()
         settings = self.settings()
         record = SearchRecord(
             kind=endpoint.kind, indices=endpoint.indices, client=None, mode="rerank", outcome="skipped"
@@ -132,7 +137,7 @@ class SearchPipeline:
             body = await _read_body(request)
         except web.HTTPRequestEntityTooLarge:
             record.reason = "body_too_large"
-            self._finish(record, started)
+            self._finish(record)
             limit = settings.config.server.max_search_body_bytes
             return _es_error(413, "content_too_long_exception", f"search body larger than {limit} bytes")
         address = canary.client_address(
@@ -166,10 +171,10 @@ class SearchPipeline:
                 return await self._search(request, endpoint, body, body.decoded, settings, record)
             return await self._msearch(request, endpoint, body, body.decoded, settings, record)
         finally:
-            self._finish(record, started)
+            self._finish(record)
 
-    def _finish(self, record: SearchRecord, started: float) -> None:
-        record.total_s = time.perf_counter() - started
+    def _finish(self, record: SearchRecord) -> None:
+        record.total_s = time.perf_counter() - record.started
         try:
             self.observe(record)
         except Exception:  # observability must never fail a search
@@ -209,26 +214,12 @@ class SearchPipeline:
             return await self._bypass(request, body, plan.reason, record)
         record.query_text = plan.query_text
         path = request.rel_url.raw_path + _query_string(plan.recall_params)
-        try:
-            es_started = time.perf_counter()
-            status, es_headers, payload = await self.es.fetch(
-                request.method, path, _recall_headers(request), plan.recall_body
-            )
-            record.es_s = time.perf_counter() - es_started
-        except UpstreamError as exc:
-            record.outcome, record.reason = "error", "elasticsearch_unavailable"
-            return passthrough.error_response(exc)
-        if status != 200:
-            # Elasticsearch's own answer to the search, exactly: the client sees the error it would have seen.
-            record.outcome, record.reason = "skipped", f"elasticsearch_{status}"
-            return _raw_response(
-                status, es_headers, payload, {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
-            )
-        try:
-            es_response = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            es_response = None
-        if not isinstance(es_response, dict) or _hits_list(es_response) is None:
+        recalled = await self._recall(request, path, plan.recall_body, record)
+        if isinstance(recalled, web.Response):
+            return recalled
+        es_headers, payload = recalled
+        es_response = _json_object(payload)
+        if es_response is None or _hits_list(es_response) is None:
             # Not the answer shape we know how to keep exact: ask again with the client's own request.
             return await self._bypass(request, body, "unexpected_response", record)
         reranked = await self._rerank(es_response, plan, settings, request)
@@ -255,6 +246,7 @@ class SearchPipeline:
         extra = {RERANK_HEADER: record.outcome}
         if record.reason:
             extra[REASON_HEADER] = record.reason
+        extra["Server-Timing"] = record.server_timing()
         return _json_response(request, es_headers, orjson.dumps(reranked.page), extra)
 
     async def _rerank(
@@ -298,6 +290,27 @@ class SearchPipeline:
         moved = mean_position_change(ranking.order)
         return _Reranked(answer, outcome, reason, rerank_s, sent, hits_cached, misses, moved)
 
+    async def _recall(
+        self, request: web.Request, path: str, body: bytes, record: SearchRecord, *, ndjson: bool = False
+    ) -> tuple[Mapping[str, str], bytes] | web.Response:
+        """The rewritten request to Elasticsearch; its error, or a transport failure, as the final answer."""
+        started = time.perf_counter()
+        try:
+            status, es_headers, payload = await self.es.fetch(
+                request.method, path, _recall_headers(request, ndjson=ndjson), body
+            )
+        except UpstreamError as exc:
+            record.outcome, record.reason = "error", "elasticsearch_unavailable"
+            return passthrough.error_response(exc)
+        finally:
+            record.es_s = time.perf_counter() - started
+        if status != 200:
+            # Elasticsearch's own answer to the search, exactly: the client sees the error it would have seen.
+            record.outcome, record.reason = "skipped", "elasticsearch_error"
+            headers = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
+            return _raw_response(status, es_headers, payload, headers)
+        return es_headers, payload
+
     # --- _msearch ------------------------------------------------------------------------------------
 
     async def _msearch(
@@ -333,24 +346,16 @@ class SearchPipeline:
             (item.header_raw, item.body_raw if isinstance(plan, search.Bypass) else plan.recall_body)
             for item, plan in zip(items, plans, strict=True)
         ]
-        try:
-            es_started = time.perf_counter()
-            status, es_headers, payload = await self.es.fetch(
-                request.method,
-                request.rel_url.raw_path_qs,
-                _recall_headers(request, ndjson=True),
-                msearch.join_msearch(lines),
-            )
-            record.es_s = time.perf_counter() - es_started
-        except UpstreamError as exc:
-            record.outcome, record.reason = "error", "elasticsearch_unavailable"
-            return passthrough.error_response(exc)
-        parsed = orjson.loads(payload) if status == 200 else None
-        responses = parsed.get("responses") if isinstance(parsed, dict) else None
-        if status != 200 or not isinstance(responses, list) or len(responses) != len(plans):
-            return _raw_response(
-                status, es_headers, payload, {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
-            )
+        recalled = await self._recall(
+            request, request.rel_url.raw_path_qs, msearch.join_msearch(lines), record, ndjson=True
+        )
+        if isinstance(recalled, web.Response):
+            return recalled
+        es_headers, payload = recalled
+        parsed = _json_object(payload)
+        responses = parsed.get("responses") if parsed is not None else None
+        if parsed is None or not isinstance(responses, list) or len(responses) != len(plans):
+            return await self._bypass(request, body, "unexpected_response", record)
         jobs: dict[int, asyncio.Task[_Reranked]] = {}
         for i, plan in enumerate(plans):
             answer = responses[i]
@@ -380,6 +385,7 @@ class SearchPipeline:
         extra = {RERANK_HEADER: ",".join(outcomes)}
         if any(reasons):
             extra[REASON_HEADER] = ",".join(reason or "-" for reason in reasons)
+        extra["Server-Timing"] = record.server_timing()
         return _json_response(request, es_headers, orjson.dumps(parsed), extra)
 
 
@@ -414,6 +420,14 @@ def _recall_headers(request: web.Request, *, ndjson: bool = False) -> CIMultiDic
 
 def _query_string(params: Mapping[str, str]) -> str:
     return "?" + urlencode(params, quote_via=quote, safe=",*:") if params else ""
+
+
+def _json_object(payload: bytes) -> dict[str, object] | None:
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _hits_list(response: Mapping[str, object]) -> list[dict[str, object]] | None:
