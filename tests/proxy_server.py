@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from es_rerank_proxy.app import create_admin_app, create_app
+from es_rerank_proxy.app import create_admin_app, create_app, public_runner
 from es_rerank_proxy.config import Config, config_from_dict
 from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
 
@@ -48,12 +48,12 @@ def make_config(es_url: str, reranker_url: str = "http://127.0.0.1:9", **section
 
 
 @asynccontextmanager
-async def running_proxy(config: Config) -> AsyncIterator[RunningProxy]:
+async def running_proxy(
+    config: Config, *, config_path: str | None = None, self_test: bool = False
+) -> AsyncIterator[RunningProxy]:
     """The public and admin apps on free loopback ports, configured exactly as `serve` does."""
-    public = create_app(config)
-    runner = web.AppRunner(
-        public, auto_decompress=False, shutdown_timeout=config.server.shutdown_timeout_s, access_log=None
-    )
+    public = create_app(config, config_path=config_path, self_test=self_test)
+    runner = public_runner(public, config)
     await runner.setup()
     admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
     await admin_runner.setup()
@@ -74,9 +74,13 @@ async def running_proxy(config: Config) -> AsyncIterator[RunningProxy]:
         await runner.cleanup()
 
 
-def proxy_in_thread(config: Config) -> AbstractContextManager[RunningProxy]:
+def proxy_in_thread(
+    config: Config, *, config_path: str | None = None, self_test: bool = False
+) -> AbstractContextManager[RunningProxy]:
     """The proxy on an event loop of its own, so sync clients in the test thread can call it."""
-    return in_thread(lambda: running_proxy(config), name="proxy-under-test")
+    return in_thread(
+        lambda: running_proxy(config, config_path=config_path, self_test=self_test), name="proxy-under-test"
+    )
 
 
 @contextmanager

@@ -1,0 +1,118 @@
+"""Reading search request bodies and writing Elasticsearch-shaped answers: the HTTP edges of the pipeline."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+import orjson
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from .upstream import error_body, forwardable_request_headers, forwardable_response_headers
+
+# Request headers that describe the client's body; the recall request carries a body of its own.
+_BODY_HEADERS = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.ACCEPT_ENCODING)
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    raw: bytes  # exactly as the client sent it: what a bypass forwards
+    decoded: bytes | None  # decompressed; None when undecodable (Elasticsearch must answer it)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRequest:
+    """What the pipeline needs of a client request, captured once so background work never touches it."""
+
+    method: str
+    raw_path: str
+    raw_path_qs: str  # path and query string exactly as the client encoded them
+    params: dict[str, str]
+    headers: CIMultiDict[str]  # forwardable to Elasticsearch: the client's own credentials included
+    header_query: str | None
+    explain: bool
+    accepts_gzip: bool
+
+    @classmethod
+    def capture(cls, request: web.Request) -> SearchRequest:
+        return cls(
+            method=request.method,
+            raw_path=request.rel_url.raw_path,
+            raw_path_qs=request.rel_url.raw_path_qs,
+            params=dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)),
+            headers=forwardable_request_headers(request.headers),
+            header_query=request.headers.get("X-Rerank-Query"),
+            explain=request.headers.get("X-Rerank-Explain", "").strip().lower() in ("true", "1", "yes"),
+            accepts_gzip="gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower(),
+        )
+
+    def recall_headers(self, *, ndjson: bool = False) -> CIMultiDict[str]:
+        """The client's headers for a rewritten, uncompressed body whose answer the proxy must parse."""
+        headers = self.headers.copy()
+        for name in _BODY_HEADERS:
+            headers.popall(name, None)
+        if hdrs.CONTENT_TYPE not in headers:
+            headers[hdrs.CONTENT_TYPE] = "application/x-ndjson" if ndjson else "application/json"
+        return headers
+
+
+async def read_body(request: web.Request) -> Body:
+    """The whole (bounded) body, and its decompressed form for parsing."""
+    raw = await request.read() if request.body_exists else b""
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if not encoding or encoding == "identity":
+        return Body(raw, raw)
+    try:
+        if encoding == "gzip":
+            return Body(raw, gzip.decompress(raw))
+        if encoding == "deflate":
+            return Body(raw, zlib.decompress(raw))
+    except (OSError, EOFError, zlib.error):
+        pass
+    return Body(raw, None)
+
+
+def query_string(params: Mapping[str, str]) -> str:
+    return "?" + urlencode(params, quote_via=quote, safe=",*:") if params else ""
+
+
+def json_object(payload: bytes) -> dict[str, object] | None:
+    try:
+        parsed = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def json_response(
+    accepts_gzip: bool, es_headers: CIMultiDictProxy[str], body: bytes, extra: Mapping[str, str]
+) -> web.Response:
+    """A 200 with Elasticsearch's headers (length and encoding recomputed) and the proxy's own."""
+    headers = forwardable_response_headers(es_headers)
+    for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING):
+        headers.popall(name, None)
+    headers.update(extra)
+    response = web.Response(status=200, body=body, headers=headers)
+    if accepts_gzip:
+        response.enable_compression(web.ContentCoding.gzip)
+    return response
+
+
+def raw_response(
+    status: int, es_headers: CIMultiDictProxy[str], payload: bytes, extra: Mapping[str, str]
+) -> web.Response:
+    """Elasticsearch's answer exactly, plus the proxy's headers."""
+    headers = forwardable_response_headers(es_headers)
+    headers.popall(hdrs.CONTENT_LENGTH, None)
+    headers.update(extra)
+    return web.Response(status=status, body=payload, headers=headers)
+
+
+def es_error(status: int, error_type: str, reason: str) -> web.Response:
+    return web.Response(
+        status=status, body=error_body(status, error_type, reason), content_type="application/json"
+    )

@@ -1,0 +1,221 @@
+"""The proxy's runtime resources, built from the config and rebuilt where a reload needs it.
+
+Sessions, the model client, the scorer (cache, breakers), the shadow runner and the metrics live here,
+opened in `start` and closed in `close`; nothing is opened at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from .config import Config, RerankerConfig, load_config
+from .errors import ConfigError
+from .metrics import Metrics
+from .pipeline import SearchPipeline, SearchRecord, Settings
+from .reranker import RerankerClient
+from .scoring import ScoreClient, Scorer
+from .search_log import SEARCH_LOGGER, log_search
+from .selftest import SelfTestResult, check_reranker
+from .shadow import ShadowRunner
+from .upstream import Elasticsearch, create_session
+
+log = logging.getLogger(__name__)
+
+# Sections whose resources (listeners, the Elasticsearch pool) are built once: changing them needs a restart.
+RESTART_SECTIONS = ("server", "admin", "elasticsearch")
+
+
+class Runtime:
+    """Everything the listeners share; one per process, so replicas share nothing."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        registry: CollectorRegistry | None = None,
+        self_test: bool = True,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = Settings.from_config(config)
+        self.config_path = config_path
+        self.loaded_at = wall_clock()
+        self.last_reload_error: str | None = None
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.self_test_results: dict[str, SelfTestResult] = {}
+        self._wall_clock = wall_clock
+        self._run_self_test = self_test
+        self._search_log = logging.getLogger(SEARCH_LOGGER)
+        self._background: set[asyncio.Task[None]] = set()
+        self._file_signature = _signature(config_path)
+
+    @property
+    def config(self) -> Config:
+        return self.settings.config
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self._es_session = create_session(config.elasticsearch)
+        self.es = Elasticsearch(self._es_session, config.elasticsearch)
+        self._model_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config.reranker.max_concurrency + 8, keepalive_timeout=60),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self.client, self.scorer = self._build_scorer(config)
+        self.shadow = ShadowRunner(
+            capacity=lambda: self.config.canary.shadow_max_inflight,
+            model_saturated=lambda: self.scorer.in_flight >= self.config.reranker.max_concurrency,
+        )
+        self.pipeline = SearchPipeline(
+            es=self.es,
+            scorer=self.scorer,
+            settings=lambda: self.settings,
+            observe=self._observe,
+            start_shadow=self.shadow.start,
+        )
+        self.metrics.track_scorer(lambda: self.scorer.in_flight, lambda: self.scorer.breaker_states())
+        if self._run_self_test:
+            self._spawn(self._self_test())
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.shadow.aclose()
+        await self.scorer.aclose()
+        await _close_client(self.client)
+        await self._model_session.close()
+        await self._es_session.close()
+
+    def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- the model ----------------------------------------------------------------------------------
+
+    def _build_scorer(self, config: Config) -> tuple[ScoreClient, Scorer]:
+        client = _model_client(self._model_session, config.reranker, config.rerank.instruction)
+        scorer = Scorer(
+            client,
+            config.reranker,
+            model_key=Settings.from_config(config).model_key,
+            on_breaker_change=_log_breaker,
+        )
+        return client, scorer
+
+    async def _self_test(self) -> None:
+        self.self_test_results = await check_reranker(self.client, self.config.reranker)
+
+    # --- observing searches ---------------------------------------------------------------------------
+
+    def _observe(self, record: SearchRecord) -> None:
+        self.metrics.observe_search(record, self.config.rerank.indices)
+        log_search(self._search_log, record, include_query_text=self.config.log.query_text)
+
+    # --- reload ---------------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read and validate the config file; apply it if valid, else keep the last good one."""
+        if self.config_path is None:
+            return False
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.last_reload_error = str(exc)
+            self.metrics.config_reloads.labels("rejected").inc()
+            log.error("config reload rejected, the last good config keeps serving: %s", exc)
+            return False
+        self.apply(config)
+        return True
+
+    def apply(self, config: Config) -> None:
+        """Make `config` the one new requests see; sections that need a restart keep their old values."""
+        old = self.config
+        kept = {
+            name: getattr(old, name)
+            for name in RESTART_SECTIONS
+            if getattr(old, name) != getattr(config, name)
+        }
+        if kept:
+            log.warning("config: changes to %s take effect after a restart", ", ".join(kept))
+            config = dataclasses.replace(config, **kept)
+        if config.reranker != old.reranker or config.rerank.instruction != old.rerank.instruction:
+            self._swap_scorer(config)
+        self.settings = Settings.from_config(config)
+        self.loaded_at = self._wall_clock()
+        self.last_reload_error = None
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded from %s", self.config_path)
+
+    def _swap_scorer(self, config: Config) -> None:
+        old_client, old_scorer = self.client, self.scorer
+        self.client, self.scorer = self._build_scorer(config)
+        self.pipeline.scorer = self.scorer
+        if self._run_self_test:
+            self._spawn(self._self_test())
+        # Searches already under way finish with the old scorer; close it once they must have.
+        grace = 2 * self.config.reranker.timeout_ms / 1000 + 1.0
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(grace)
+            finally:
+                await old_scorer.aclose()
+                await _close_client(old_client)
+
+        self._spawn(retire())
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        """Reload whenever the config file changes on disk (polling: works on every filesystem)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            signature = _signature(self.config_path)
+            if signature != self._file_signature:
+                self._file_signature = signature
+                self.reload()
+
+    def start_watching(self, interval_s: float = 1.0) -> None:
+        if self.config_path is not None:
+            self._spawn(self.watch(interval_s))
+
+
+def _model_client(session: aiohttp.ClientSession, cfg: RerankerConfig, instruction: str) -> ScoreClient:
+    if cfg.api == "embeddings":
+        from .embeddings import EmbeddingsClient
+
+        return EmbeddingsClient(session, cfg)
+    return RerankerClient(session, cfg, instruction)
+
+
+async def _close_client(client: ScoreClient) -> None:
+    close = getattr(client, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _signature(path: str | None) -> tuple[int, int, int] | None:
+    """What changes when a file is rewritten, replaced or touched."""
+    if path is None:
+        return None
+    try:
+        stat = os.stat(Path(path))
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _log_breaker(name: str, old: str, new: str) -> None:
+    level = logging.WARNING if new == "open" else logging.INFO
+    log.log(level, "reranker circuit breaker for %s: %s -> %s", name, old, new)
