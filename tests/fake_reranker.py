@@ -62,7 +62,8 @@ def hash_score(query: str, document: str) -> float:
 
 
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.lower()))
+    # CJK characters count one by one (as a Chinese analyzer's unigrams); other scripts by word.
+    return set(re.findall(r"[\u3400-\u9fff]|[^\W\u3400-\u9fff]+", text.lower()))
 
 
 def _unwrap_query(query: str) -> str | None:
