@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from es_rerank_proxy.app import create_admin_app, create_app, public_runner
+from es_rerank_proxy.app import RUNTIME, create_admin_app, create_app, public_runner
 from es_rerank_proxy.config import Config, config_from_dict
 from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
 
@@ -49,7 +49,7 @@ def make_config(es_url: str, reranker_url: str = "http://127.0.0.1:9", **section
 
 @asynccontextmanager
 async def running_proxy(
-    config: Config, *, config_path: str | None = None, self_test: bool = False
+    config: Config, *, config_path: str | None = None, self_test: bool = False, watch_s: float | None = None
 ) -> AsyncIterator[RunningProxy]:
     """The public and admin apps on free loopback ports, configured exactly as `serve` does."""
     public = create_app(config, config_path=config_path, self_test=self_test)
@@ -62,6 +62,8 @@ async def running_proxy(
         admin_site = web.TCPSite(admin_runner, "127.0.0.1", free_port())
         await site.start()
         await admin_site.start()
+        if watch_s is not None:
+            public[RUNTIME].start_watching(watch_s)
         yield RunningProxy(
             url=site.name,
             admin_url=admin_site.name,
@@ -75,11 +77,12 @@ async def running_proxy(
 
 
 def proxy_in_thread(
-    config: Config, *, config_path: str | None = None, self_test: bool = False
+    config: Config, *, config_path: str | None = None, self_test: bool = False, watch_s: float | None = None
 ) -> AbstractContextManager[RunningProxy]:
     """The proxy on an event loop of its own, so sync clients in the test thread can call it."""
     return in_thread(
-        lambda: running_proxy(config, config_path=config_path, self_test=self_test), name="proxy-under-test"
+        lambda: running_proxy(config, config_path=config_path, self_test=self_test, watch_s=watch_s),
+        name="proxy-under-test",
     )
 
 
