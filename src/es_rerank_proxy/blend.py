@@ -6,7 +6,9 @@ Every hit of the recall window gets components in [0, 1]:
                 every hit gets 1.0 when all scores are equal)
     recency   = 0.5 ** (age_days / recency.half_life_days)   (future dates: 1.0; no date: recency.missing)
     citations = min(1, log1p(count) / log1p(citations.saturation))   (no usable count: 0)
-    rerank    = the model's relevance probability (only for the candidates it scored)
+    rerank    = the model's relevance probability (only for the candidates it scored); with
+                blend.normalise_rerank, min-max normalised over those candidates (for scores that are
+                not calibrated probabilities, such as embedding cosines)
 
 and two weighted sums (weights as configured, not divided by their total):
 
@@ -130,12 +132,16 @@ def rank(prior: Prior, rerank_scores: Mapping[int, float] | None, blend: BlendCo
     prior_order = _prior_order(prior.components, weights)
     prior_position = {index: position for position, index in enumerate(prior_order)}
     given = rerank_scores or {}
-    scored: list[int] = []
+    answered: dict[int, float] = {}
     for index in prior.candidates:
         score = given.get(index)
-        if score is None or not math.isfinite(score) or not 0 <= index < len(components) or index in scored:
+        if score is None or not math.isfinite(score) or not 0 <= index < len(components) or index in answered:
             continue  # a candidate the model did not answer for is ranked as if never sent
-        rerank_value = min(1.0, max(0.0, float(score)))
+        answered[index] = min(1.0, max(0.0, float(score)))
+    if blend.normalise_rerank:
+        answered = dict(zip(answered, _normalise_scores(list(answered.values())), strict=True))
+    scored = list(answered)
+    for index, rerank_value in answered.items():
         old = components[index]
         components[index] = Components(
             es_rank=old.es_rank,
@@ -147,7 +153,6 @@ def rank(prior: Prior, rerank_scores: Mapping[int, float] | None, blend: BlendCo
             prior=old.prior,
             final=old.prior + rerank_value * weights.rerank,
         )
-        scored.append(index)
     scored.sort(key=lambda i: (-_final(components[i]), prior_position[i]))
     scored_set = set(scored)
     order = scored + [index for index in prior_order if index not in scored_set]

@@ -15,6 +15,8 @@ import yaml
 from . import __version__
 from .config import Config, config_to_dict, load_config
 from .errors import ConfigError
+from .eval_run import add_eval_parser, run_eval
+from .warm import add_warm_parser, run_warm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate FILE; print the effective config (secrets masked) or exit 1 naming the key.",
     )
     check.add_argument("file", metavar="FILE")
+
+    add_eval_parser(commands)
+    add_warm_parser(commands)
     return parser
 
 
@@ -54,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "eval":
+        return run_eval(args)
+    if args.command == "warm":
+        return run_warm(args)
     if args.command == "serve":
         config = _load_or_exit(args.config)
         _setup_logging(config)

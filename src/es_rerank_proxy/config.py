@@ -130,6 +130,9 @@ class BlendConfig:
     weights: BlendWeights = BlendWeights()
     recency: RecencyConfig = RecencyConfig()
     citations: CitationsConfig = CitationsConfig()
+    # Min-max the model's scores over the reranked hits: for scores that are not calibrated
+    # probabilities (embedding cosines); Qwen3-Reranker's probabilities need no such step.
+    normalise_rerank: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

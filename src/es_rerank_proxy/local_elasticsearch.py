@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,15 +69,27 @@ def run_noida(data_dir: Path, port: int | None = None) -> Iterator[str]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "NO_COLOR": "1"},
+            # its own process group: the launcher starts a native server that must stop with it
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(url + "/", process=process)
         yield url
     finally:
-        process.terminate()
+        stop_process_group(process)
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM the process and everything it started; SIGKILL what is still there after `timeout_s`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            continue
+        # the launcher is gone; make sure nothing it started lingers in the group
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return

@@ -1,9 +1,8 @@
-"""Embed an index's documents ahead of traffic (`reranker.api: embeddings`), and the `warm` CLI command.
+"""Embed an index's documents ahead of traffic (`reranker.api: embeddings`).
 
-The passage vectors live in the `EmbeddingsClient` that embedded them, so warming helps the process that
-owns that client: pass the proxy's own client as `client=` to warm its cache. The CLI command runs in its
-own process; it measures and exercises the embedding server, and only leaves vectors behind if the server
-caches them itself.
+Passage vectors live in the memory of the proxy's own `EmbeddingsClient`, so the proxy warms itself:
+`POST /_rerank/warm?index=I` on the admin listener streams progress as NDJSON, and the `warm` CLI command
+calls it and draws a progress bar.
 """
 
 from __future__ import annotations
@@ -18,12 +17,14 @@ from typing import TextIO
 
 import aiohttp
 import orjson
+from aiohttp import web
 
 from . import search
-from .config import Config, load_config
+from .config import Config
 from .embeddings import EmbeddingsClient
-from .errors import ConfigError, ProxyError, UpstreamError
+from .errors import ProxyError, UpstreamError
 from .page import document_text, hit_data
+from .runtime import Runtime
 
 Progress = Callable[[int, int], None]
 
@@ -43,12 +44,15 @@ async def warm_index(
     query: dict[str, object] | None = None,
     client: EmbeddingsClient | None = None,
     page_size: int = _PAGE_SIZE,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """Scroll `index` and embed each document's text exactly as the pipeline builds it; the count embedded.
 
     `progress(seen, total)` counts documents read from Elasticsearch against the index's (or `limit`'s)
     total. Without `client`, a client of its own (closed at the end) warms `config.reranker.url[0]`.
+    `headers` (the caller's credentials) go with every request to Elasticsearch.
     """
+    extra = dict(headers or {})
     needed = search.NeededFields(text_fields=config.rerank.text_fields, date_field="", citations_field="")
     url = config.reranker.url[0]
     own = client is None
@@ -64,7 +68,9 @@ async def warm_index(
     scroll_id: str | None = None
     seen = embedded = 0
     try:
-        page = await _es_json(session, "POST", f"{base}/{index}/_search?scroll={_SCROLL_KEEP_ALIVE}", body)
+        page = await _es_json(
+            session, "POST", f"{base}/{index}/_search?scroll={_SCROLL_KEEP_ALIVE}", body, extra
+        )
         total = _total_hits(page)
         if limit is not None:
             total = min(total, limit)
@@ -87,24 +93,29 @@ async def warm_index(
                 "POST",
                 f"{base}/_search/scroll",
                 {"scroll": _SCROLL_KEEP_ALIVE, "scroll_id": scroll_id},
+                extra,
             )
     finally:
         if scroll_id is not None:
-            await _clear_scroll(session, base, scroll_id)
+            await _clear_scroll(session, base, scroll_id, extra)
         if own:
             await embedder.aclose()
     return embedded
 
 
 async def _es_json(
-    session: aiohttp.ClientSession, method: str, url: str, body: Mapping[str, object]
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: Mapping[str, object],
+    headers: Mapping[str, str],
 ) -> dict[str, object]:
     try:
         async with session.request(
             method,
             url,
             data=orjson.dumps(body),
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            headers={**headers, "Content-Type": "application/json", "Accept": "application/json"},
             timeout=aiohttp.ClientTimeout(total=_ES_TIMEOUT_S),
         ) as resp:
             status, raw = resp.status, await resp.read()
@@ -123,10 +134,12 @@ async def _es_json(
     return data
 
 
-async def _clear_scroll(session: aiohttp.ClientSession, base: str, scroll_id: str) -> None:
+async def _clear_scroll(
+    session: aiohttp.ClientSession, base: str, scroll_id: str, headers: Mapping[str, str]
+) -> None:
     # Best effort: the scroll expires on its own after the keep-alive anyway.
     with contextlib.suppress(UpstreamError):
-        await _es_json(session, "DELETE", f"{base}/_search/scroll", {"scroll_id": scroll_id})
+        await _es_json(session, "DELETE", f"{base}/_search/scroll", {"scroll_id": scroll_id}, headers)
 
 
 def _hits(page: Mapping[str, object]) -> list[dict[str, object]]:
@@ -148,52 +161,122 @@ def _scroll_id(page: Mapping[str, object]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-# --- CLI --------------------------------------------------------------------------------------------
+# --- the proxy's admin endpoint ----------------------------------------------------------------------
+
+
+def add_routes(admin: web.Application, runtime: Runtime) -> None:
+    """`POST /_rerank/warm?index=I[&limit=N]`: warm the proxy's own vector cache, progress as NDJSON."""
+
+    async def warm(request: web.Request) -> web.StreamResponse:
+        index = request.query.get("index", "")
+        limit_text = request.query.get("limit", "")
+        client = runtime.client
+        if not isinstance(client, EmbeddingsClient):
+            reason = f"reranker.api is {runtime.config.reranker.api!r}: only 'embeddings' has vectors to warm"
+            return web.json_response({"error": reason}, status=409)
+        if not index or (limit_text and not limit_text.isdigit()):
+            return web.json_response(
+                {"error": "expected ?index=NAME and an optional whole-number limit"}, status=400
+            )
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        lines: asyncio.Queue[bytes] = asyncio.Queue()
+        credentials = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            lines.put_nowait(orjson.dumps({"done": done, "total": total}) + b"\n")
+
+        async def run() -> None:
+            try:
+                count = await warm_index(
+                    runtime.config.elasticsearch.url[0],
+                    index,
+                    config=runtime.config,
+                    session=runtime.es.session,
+                    progress=progress,
+                    limit=int(limit_text) if limit_text else None,
+                    client=client,
+                    headers=credentials,
+                )
+                final: dict[str, object] = {
+                    "embedded": count,
+                    "seconds": round(time.monotonic() - started, 1),
+                }
+            except ProxyError as exc:
+                final = {"error": f"{type(exc).__name__}: {exc}"}
+            lines.put_nowait(orjson.dumps(final) + b"\n")
+
+        task = asyncio.ensure_future(run())
+        try:
+            while not (task.done() and lines.empty()):
+                getter = asyncio.ensure_future(lines.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    await response.write(getter.result())
+                else:
+                    getter.cancel()
+        finally:
+            task.cancel()
+        await response.write_eof()
+        return response
+
+    admin.router.add_post("/_rerank/warm", warm)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
 
 
 def add_warm_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `warm --index I [--config FILE] [--es URL] [--limit N]` to the CLI's subcommands."""
+    """Add `warm --index I [--admin URL] [--limit N]` to the CLI's subcommands."""
     warm = subparsers.add_parser(
         "warm",
-        help="embed an index's documents ahead of traffic (reranker.api: embeddings)",
-        description="Scroll an index and embed every document's rerank text with the embeddings server.",
+        help="embed an index's documents in a running proxy ahead of traffic (reranker.api: embeddings)",
+        description="Ask a running proxy (its admin listener) to embed every document of INDEX now, "
+        "so the first searches find their vectors cached.",
     )
     warm.add_argument("--index", required=True, metavar="INDEX", help="index (or pattern) to scroll")
-    warm.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)")
-    warm.add_argument("--es", metavar="URL", help="Elasticsearch URL (default: elasticsearch.url[0])")
+    warm.add_argument("--admin", metavar="URL", default="http://127.0.0.1:9202", help="the proxy's admin URL")
     warm.add_argument("--limit", type=int, metavar="N", help="stop after N documents")
 
 
 def run_warm(args: argparse.Namespace) -> int:
-    """Run the `warm` command; 0 on success, 1 on a config, Elasticsearch or model-server error."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"ConfigError: {exc}", file=sys.stderr)
-        return 1
-    if config.reranker.api != "embeddings":
-        print(
-            f"warm: reranker.api is {config.reranker.api!r}; only 'embeddings' has vectors to warm",
-            file=sys.stderr,
-        )
-        return 1
-    es_url = args.es or config.elasticsearch.url[0]
+    """Run the `warm` command; 0 on success, 1 when the proxy refused or failed."""
     bar = ProgressBar(sys.stderr)
-    started = time.monotonic()
     try:
-        count = asyncio.run(_warm(es_url, args.index, config, bar, args.limit))
-    except ProxyError as exc:
-        bar.finish()
-        print(f"warm: {type(exc).__name__}: {exc}", file=sys.stderr)
+        final = asyncio.run(request_warm(args.admin, args.index, args.limit, bar))
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"warm: cannot reach the proxy's admin listener at {args.admin}: {exc}", file=sys.stderr)
         return 1
-    bar.finish()
-    print(f"warm: embedded {count} documents in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    finally:
+        bar.finish()
+    if "error" in final:
+        print(f"warm: {final['error']}", file=sys.stderr)
+        return 1
+    print(f"warm: embedded {final.get('embedded')} documents in {final.get('seconds')} s", file=sys.stderr)
     return 0
 
 
-async def _warm(es_url: str, index: str, config: Config, progress: Progress, limit: int | None) -> int:
-    async with aiohttp.ClientSession() as session:
-        return await warm_index(es_url, index, config=config, session=session, progress=progress, limit=limit)
+async def request_warm(
+    admin_url: str, index: str, limit: int | None, progress: Progress
+) -> dict[str, object]:
+    """Call the admin endpoint and report its progress lines; the final line (count or error) is returned."""
+    params = {"index": index, **({"limit": str(limit)} if limit is not None else {})}
+    final: dict[str, object] = {"error": "the proxy closed the stream without a result"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(admin_url.rstrip("/") + "/_rerank/warm", params=params) as response,
+    ):
+        if response.status != 200:
+            body = await response.json(content_type=None)
+            return body if isinstance(body, dict) else {"error": f"HTTP {response.status}"}
+        async for line in response.content:
+            item = orjson.loads(line)
+            if "done" in item:
+                progress(int(item["done"]), int(item["total"]))
+            else:
+                final = item
+    return final
 
 
 class ProgressBar:
