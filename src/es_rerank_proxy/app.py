@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
-from . import passthrough, search, warm
+from . import debug_ui, passthrough, search, warm
 from .config import Config, config_to_dict
 from .runtime import Runtime
 
@@ -91,6 +91,7 @@ def create_admin_app(public: web.Application) -> web.Application:
     admin.router.add_get("/_rerank/ready", ready)
     admin.router.add_get("/_rerank/config", effective_config)
     admin.router.add_get("/metrics", metrics)
+    debug_ui.add_routes(admin, runtime)
     warm.add_routes(admin, runtime)
     return admin
 

@@ -14,6 +14,7 @@ import yaml
 
 from . import __version__
 from .config import Config, config_to_dict, load_config
+from .demo import add_demo_parser, run_demo
 from .errors import ConfigError
 from .eval_run import add_eval_parser, run_eval
 from .warm import add_warm_parser, run_warm
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
 
+    add_demo_parser(commands)
     add_eval_parser(commands)
     add_warm_parser(commands)
     return parser
@@ -59,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "demo":
+        _setup_logging(load_config(None, environ={}))
+        return run_demo(args)
     if args.command == "eval":
         return run_eval(args)
     if args.command == "warm":

@@ -296,24 +296,42 @@ def _body_maker(args: argparse.Namespace) -> Callable[[str], bytes]:
     return lambda query: orjson.dumps(fill_template(template, query))
 
 
-async def _run_sides(args: argparse.Namespace, queries: Mapping[str, str]) -> dict[str, SideRun]:
-    make_body = _body_maker(args)
-    urls = {"elasticsearch": args.es, "proxy": args.proxy}
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Both sides' runs, their metric reports, and the comparison of the proxy against Elasticsearch."""
+
+    metrics: tuple[str, ...]
+    reports: dict[str, Report]
+    sides: dict[str, SideRun]
+    comparisons: dict[str, Comparison]
+
+
+async def run_evaluation(
+    index: str,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    urls: Mapping[str, str],
+    make_body: Callable[[str], bytes],
+    k: int = 10,
+    size: int = 100,
+    concurrency: int = 4,
+    timeout_s: float = 60.0,
+) -> Evaluation:
+    """Send every query to each side in `urls` ("elasticsearch", "proxy"; "none" skips one) and score them."""
     sides = {name: SideRun(name, url) for name, url in urls.items() if url.lower() != "none"}
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for side in sides.values():  # one side after the other, so latencies do not disturb each other
             progress = Progress(side.name, len(queries), sys.stderr)
             await search_side(
-                side,
-                args.index,
-                queries,
-                make_body,
-                session=session,
-                concurrency=args.concurrency,
-                progress=progress,
+                side, index, queries, make_body, session=session, concurrency=concurrency, progress=progress
             )
-    return sides
+    metrics = tuple(dict.fromkeys([f"ndcg@{k}", f"mrr@{k}", f"recall@{k}", f"recall@{size}"]))
+    reports = {name: evaluate(side.run, qrels, metrics=metrics) for name, side in sides.items()}
+    comparisons: dict[str, Comparison] = {}
+    if len(reports) == 2:
+        comparisons = {m: compare(reports["elasticsearch"], reports["proxy"], m) for m in metrics}
+    return Evaluation(metrics, reports, sides, comparisons)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -332,22 +350,33 @@ def run_eval(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> None:
     _check_options(args)
     queries, qrels = _inputs(args)
-    sides = asyncio.run(_run_sides(args, queries))
     k, size = args.k, args.size
-    metrics = tuple(dict.fromkeys([f"ndcg@{k}", f"mrr@{k}", f"recall@{k}", f"recall@{size}"]))
-    reports = {name: evaluate(side.run, qrels, metrics=metrics) for name, side in sides.items()}
-    comparisons: dict[str, Comparison] = {}
-    if len(reports) == 2:
-        comparisons = {m: compare(reports["elasticsearch"], reports["proxy"], m) for m in metrics}
+    result = asyncio.run(
+        run_evaluation(
+            args.index,
+            queries,
+            qrels,
+            urls={"elasticsearch": args.es, "proxy": args.proxy},
+            make_body=_body_maker(args),
+            k=k,
+            size=size,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout,
+        )
+    )
     print(f"index {args.index}: {len(qrels)} judged queries, k={k}, size={size}")
-    print(format_table(reports, sides, comparisons))
+    print(format_table(result.reports, result.sides, result.comparisons))
     if args.json:
         names = ("index", "dataset", "queries", "qrels", "k", "size")
-        meta = {**{name: getattr(args, name) for name in names}, "n_queries": len(qrels), "metrics": metrics}
-        out = report_json(meta, reports, sides, comparisons)
+        meta = {
+            **{name: getattr(args, name) for name in names},
+            "n_queries": len(qrels),
+            "metrics": result.metrics,
+        }
+        out = report_json(meta, result.reports, result.sides, result.comparisons)
         Path(args.json).write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
     if args.plot:
-        plot_changes(comparisons[f"ndcg@{k}"], Path(args.plot))
+        plot_changes(result.comparisons[f"ndcg@{k}"], Path(args.plot))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

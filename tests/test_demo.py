@@ -1,0 +1,28 @@
+"""The demo a newcomer runs first: on this bare machine, end to end, on a small subset."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from es_rerank_proxy.local_elasticsearch import free_port
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_runs_end_to_end_and_prints_both_orders_metrics() -> None:
+    command = [sys.executable, "-m", "es_rerank_proxy", "demo", "--queries", "4", "--no-serve"]
+    command += ["--port", str(free_port()), "--admin-port", str(free_port()), "--max-doc-chars", "300"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=880, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    row = re.search(r"^ndcg@10\s+(\d\.\d{4})\s+(\d\.\d{4})\s+([+-]\d\.\d{4})", out, re.M)
+    assert row is not None, out
+    baseline, proxy, change = (float(value) for value in row.groups())
+    assert change == pytest.approx(proxy - baseline, abs=2e-4)
+    assert "X-Rerank (proxy): applied 4, skipped 0, degraded 0" in out, "every query was reranked"
+    assert "/_rerank/ui" in out and "curl" in out
+    assert "es_rerank_proxy.search" not in result.stderr, "no per-search log lines on the demo's screen"
