@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # es-rerank-proxy: the proxy only. Elasticsearch and the model server (vLLM) run in their own containers;
-# see docker-compose.yml and docs/OPERATIONS.md.
+# see docker-compose.yml and the README's "Operations" section.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 
