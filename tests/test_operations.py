@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from es_rerank_proxy.selftest import check_reranker
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker, closed_url, qwen3_like_score, start_fake_reranker
-from .proxy_server import RunningProxy, make_config, proxy_in_thread
+from .proxy_server import RunningProxy, make_config, proxy_in_thread, proxy_process
 
 WEIGHTS = {"rerank": 0.7, "bm25": 0.3}
 
@@ -205,3 +206,13 @@ def test_self_test_failure_does_not_stop_serving(
     (result,) = ready.json()["reranker"]["self_test"].values()
     assert result["ok"] is False
     assert response.status_code == 200
+
+
+def test_serve_writes_search_lines_as_bare_json(es_url: str, library: str, tmp_path: Path) -> None:
+    """A log pipeline reads each search line as JSON: no timestamp or logger prefix in front of it."""
+    with proxy_process(make_config(es_url), tmp_path) as proxy:
+        requests.post(f"{proxy.url}/{INDEX}/_search", json={"query": QUERY, "sort": ["_doc"]}, timeout=30)
+    lines = (tmp_path / "proxy.log").read_text().splitlines()
+    searches = [orjson.loads(line) for line in lines if line.startswith("{")]
+    assert [(s["event"], s["outcome"], s["reason"]) for s in searches] == [("search", "skipped", "sort")]
+    assert not any("es_rerank_proxy.search" in line for line in lines), "search lines go out unprefixed"

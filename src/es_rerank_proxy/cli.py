@@ -17,6 +17,7 @@ from .config import Config, config_to_dict, load_config
 from .demo import add_demo_parser, run_demo
 from .errors import ConfigError
 from .eval_run import add_eval_parser, run_eval
+from .search_log import SEARCH_LOGGER
 from .warm import add_warm_parser, run_warm
 
 
@@ -96,6 +97,12 @@ def _check_config(path: str) -> int:
 
 def _setup_logging(config: Config) -> None:
     logging.basicConfig(level=config.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The per-search lines are JSON already: bare, one per line, for log pipelines to parse.
+    searches = logging.getLogger(SEARCH_LOGGER)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    searches.addHandler(handler)
+    searches.propagate = False
 
 
 def _serve_with_local_elasticsearch(config: Config, path: str | None, data_dir: Path) -> None:

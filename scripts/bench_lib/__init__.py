@@ -1,0 +1,1 @@
+"""Helpers for scripts/bench.py: corpus, services, load generators and the report."""

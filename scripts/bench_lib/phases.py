@@ -1,0 +1,288 @@
+"""The measurements: pass-through cells, the rerank path, the cache-hit path, and proxy memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import corpus, load
+from .load import Request, Sample
+
+TIMING_HEADER = "Server-Timing"  # the proxy sends "es;dur=3.1, rerank;dur=20.4, total;dur=25.0" (ms)
+KEEP_HEADERS = ("X-Rerank", "X-Rerank-Reason", TIMING_HEADER)
+RECALL_INDEX = "papers_recall"
+WINDOW = 100  # the proxy's default rerank.window
+TOP_N = 20  # the proxy's default rerank.top_n
+
+
+# --- requests -----------------------------------------------------------------------------------------
+
+
+def doc_paths(docs: int, count: int = 2000) -> list[str]:
+    rng = random.Random(1)
+    return [f"/{corpus.INDEX}/_doc/{rng.randrange(docs)}" for _ in range(count)]
+
+
+def search_paths(count: int = 2000) -> list[str]:
+    """Searches the proxy bypasses (a `sort` param) and forwards untouched."""
+    rng = random.Random(2)
+    words = corpus.search_words()
+    return [f"/{RECALL_INDEX}/_search?q=title:{rng.choice(words)}&sort=_doc" for _ in range(count)]
+
+
+def search_body(query: str, size: int) -> bytes:
+    """Every document matches (match_all), title BM25 orders them: each recall window is a full 100 hits."""
+    bool_query = {"must": [{"match_all": {}}], "should": [{"match": {"title": query}}]}
+    return orjson.dumps({"query": {"bool": bool_query}, "size": size})
+
+
+def client_search(query: str) -> Request:
+    return Request("POST", f"/{RECALL_INDEX}/_search", search_body(query, 10))
+
+
+def recall_search(query: str) -> Request:
+    """What the proxy asks Elasticsearch for the same client search: the whole window."""
+    return Request("POST", f"/{RECALL_INDEX}/_search", search_body(query, WINDOW))
+
+
+def model_request(query: str, texts: Sequence[str]) -> Request:
+    body = {"model": "Qwen/Qwen3-Reranker-0.6B", "query": query, "documents": list(texts)}
+    return Request("POST", "/v1/rerank", orjson.dumps(body))
+
+
+def model_texts(count: int = TOP_N) -> list[str]:
+    return [f"Title: {d['title']}\nAbstract: {d['abstract']}" for d in corpus.documents(count)]
+
+
+# --- pass-through -------------------------------------------------------------------------------------
+
+
+def passthrough(
+    targets: Mapping[str, str],
+    concurrencies: Sequence[int],
+    duration_s: int,
+    use_wrk: bool,
+    tmp: Path,
+    docs: int,
+) -> dict[str, Any]:
+    """req/s and p50/p99 per operation, target and concurrency."""
+    operations = {
+        "doc": (f"GET /{corpus.INDEX}/_doc/<random id>", doc_paths(docs)),
+        "search": (f"GET /{RECALL_INDEX}/_search?q=title:<word>&sort=_doc (bypassed)", search_paths()),
+    }
+    results: dict[str, Any] = {}
+    for op, (label, paths) in operations.items():
+        results[op] = {"label": label}
+        for name, url in targets.items():
+            results[op][name] = {}
+            for conc in concurrencies:
+                if use_wrk:
+                    cell = load.run_wrk(url, paths, conc, duration_s, tmp)
+                else:
+                    cell = load.run_aiohttp(url, paths, conc, duration_s)
+                results[op][name][str(conc)] = asdict(cell)
+    return results
+
+
+# --- rerank path --------------------------------------------------------------------------------------
+
+
+def summarize(values: Sequence[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {
+        "p50_ms": load.percentile(values, 50),
+        "p99_ms": load.percentile(values, 99),
+        "count": len(values),
+    }
+
+
+def header_own_ms(sample: Sample) -> float | None:
+    """total − es − model from the proxy's timing header, or None when it sent none."""
+    raw = sample.headers.get(TIMING_HEADER)
+    if not raw:
+        return None
+    try:
+        parts = {
+            name.strip(): float(value)
+            for name, value in (item.split(";dur=", 1) for item in raw.split(",") if ";dur=" in item)
+        }
+        return parts["total"] - parts["es"] - parts.get("rerank", 0.0)
+    except (KeyError, ValueError):
+        return None
+
+
+def log_own_ms(log_path: Path, offset: int) -> list[float]:
+    """total_ms − es_ms − rerank_ms from JSON log lines written after `offset`."""
+    own = []
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and {"es_ms", "total_ms"} <= record.keys():
+                own.append(record["total_ms"] - record["es_ms"] - record.get("rerank_ms", 0.0))
+    return own
+
+
+def proxy_own(
+    samples: Sequence[Sample], log_path: Path, log_offset: int
+) -> tuple[dict[str, float] | None, str | None]:
+    """The proxy's own cost from its own timings: the header if present, else its JSON log lines."""
+    from_header = [v for v in map(header_own_ms, samples) if v is not None]
+    if from_header:
+        return summarize(from_header), f"{TIMING_HEADER} header"
+    from_log = log_own_ms(log_path, log_offset)
+    if from_log:
+        return summarize(from_log), "JSON log lines"
+    return None, None
+
+
+def at_rate(url: str, make: Callable[[int], Request], rate: float, seconds: float) -> list[Sample]:
+    return asyncio.run(load.open_loop(url, make, rate, seconds, KEEP_HEADERS))
+
+
+def latencies(samples: Sequence[Sample]) -> list[float]:
+    return [s.latency_ms for s in samples if s.status == 200]
+
+
+def own_outside(
+    client: dict[str, float] | None, *parts: dict[str, float] | None
+) -> dict[str, float | None] | None:
+    """Per percentile: client − Σ parts. An estimate: the tails of separate runs need not line up, so a
+    negative difference (noise larger than the signal) is reported as None."""
+    if client is None or any(p is None for p in parts):
+        return None
+    own = {key: client[key] - sum(p[key] for p in parts if p) for key in ("p50_ms", "p99_ms")}
+    return {key: (value if value >= 0 else None) for key, value in own.items()}
+
+
+def rerank_path(
+    es_url: str,
+    model_url: str,
+    proxy_url: str,
+    log_path: Path,
+    queries: Sequence[str],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """The same distinct queries, at the same rate: directly to Elasticsearch, then through the proxy."""
+    es = summarize(latencies(at_rate(es_url, lambda i: recall_search(queries[i]), rate, seconds)))
+    texts = model_texts()
+    model = summarize(
+        latencies(at_rate(model_url, lambda i: model_request(queries[i], texts), rate, seconds))
+    )
+    offset = log_path.stat().st_size
+    samples = at_rate(proxy_url, lambda i: client_search(queries[i]), rate, seconds)
+    client = summarize(latencies(samples))
+    own, source = proxy_own(samples, log_path, offset)
+    applied = sum(1 for s in samples if s.headers.get("X-Rerank") == "applied")
+    reasons = sorted({s.headers.get("X-Rerank-Reason", "") for s in samples} - {""})
+    return {
+        "client": client,
+        "es_direct": es,
+        "model_direct": model,
+        "own_outside": own_outside(client, es, model),
+        "own_proxy": own,
+        "timing_source": source,
+        "applied_share": applied / len(samples),
+        "reasons_seen": reasons,
+        "errors": sum(1 for s in samples if s.status != 200),
+        "searches": len(samples),
+    }
+
+
+def cache_hit_path(
+    proxy_url: str, es_direct: dict[str, float] | None, queries: Sequence[str], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Warm the model-score cache with `queries`, then replay them at `rate`: every score is a hit."""
+    asyncio.run(load.closed_loop(proxy_url, [client_search(q) for q in queries], 8))
+    samples = at_rate(proxy_url, lambda i: client_search(queries[i % len(queries)]), rate, seconds)
+    client = summarize(latencies(samples))
+    return {
+        "client": client,
+        "own_outside": own_outside(client, es_direct),
+        "errors": sum(1 for s in samples if s.status != 200),
+        "searches": len(samples) + len(queries),
+    }
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of `pid` in MiB; None without psutil (installed with the `test` extra)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
+
+
+def top_up(proxy_url: str, queries: Sequence[str], connections: int = 16) -> int:
+    """Send one search per query, `connections` at a time; returns how many were sent."""
+    asyncio.run(load.closed_loop(proxy_url, [client_search(q) for q in queries], connections))
+    return len(queries)
+
+
+async def _soak(
+    proxy_url: str, pid: int, queries: Sequence[str], paths: Sequence[str], rate: float, seconds: float
+) -> list[float]:
+    """Distinct searches (every score a cache miss) and `_doc` GETs, each at `rate`; RSS sampled every 5 s."""
+    samples: list[float] = []
+
+    async def sample_rss() -> None:
+        while True:
+            value = rss_mb(pid)
+            if value is not None:
+                samples.append(value)
+            await asyncio.sleep(5)
+
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        await asyncio.gather(
+            load.open_loop(proxy_url, lambda i: client_search(queries[i % len(queries)]), rate, seconds),
+            load.open_loop(proxy_url, lambda i: Request("GET", paths[i % len(paths)]), rate, seconds),
+        )
+    finally:
+        sampler.cancel()
+    return samples
+
+
+def memory(
+    proxy_url: str,
+    pid: int,
+    done: int,
+    target: int,
+    queries: Sequence[str],
+    paths: Sequence[str],
+    rate: float,
+    minutes: float,
+) -> dict[str, Any]:
+    """RSS after `target` searches (topping up from `done`), then after `minutes` more of load."""
+    fill, soak_queries = queries[: max(0, target - done)], queries[max(0, target - done) :]
+    searches = done + top_up(proxy_url, fill)
+    after_searches = rss_mb(pid)
+    started = time.perf_counter()
+    peaks = asyncio.run(_soak(proxy_url, pid, soak_queries, paths, rate, minutes * 60))
+    after_soak = rss_mb(pid)
+    growth = after_soak - after_searches if after_soak is not None and after_searches is not None else None
+    return {
+        "searches": searches,
+        "rss_after_searches_mb": after_searches,
+        "soak_minutes": minutes,
+        "soak_seconds_measured": time.perf_counter() - started,
+        "rss_after_soak_mb": after_soak,
+        "rss_peak_mb": max([*peaks, after_soak or 0.0]) if peaks or after_soak else None,
+        "growth_mb": growth,
+    }

@@ -1,0 +1,155 @@
+"""The processes a bench run needs, each on free loopback ports, each stopped when its block exits."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from es_rerank_proxy.local_elasticsearch import free_port, run_noida, wait_for_http
+
+SCRIPTS = Path(__file__).resolve().parents[1]
+INSTALL_HINT = "apt-get install -y nginx-light wrk"
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    url: str
+    admin_url: str
+    pid: int
+    log_path: Path
+
+
+def missing_tools() -> list[str]:
+    """Which of the external load tools are not on PATH."""
+    return [tool for tool in ("nginx", "wrk") if shutil.which(tool) is None]
+
+
+@contextmanager
+def process(
+    command: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `command` with output to `log_path`; SIGTERM on exit, SIGKILL if it lingers."""
+    with log_path.open("wb") as log:
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+    try:
+        yield child
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@contextmanager
+def noida(data_dir: Path) -> Iterator[str]:
+    """noida-db on a free port (run_noida stops its whole process group on exit)."""
+    with run_noida(data_dir) as url:
+        yield url
+
+
+@contextmanager
+def fake_reranker(tmp: Path, latency_ms: float) -> Iterator[str]:
+    """scripts/bench_fake_reranker.py with a fixed latency; yields its URL."""
+    port = free_port()
+    command = [sys.executable, str(SCRIPTS / "bench_fake_reranker.py"), "--port", str(port)]
+    with process([*command, "--latency-ms", str(latency_ms)], tmp / "fake_reranker.log") as child:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/health", process=child)
+        yield url
+
+
+def proxy_config(es_url: str, reranker_url: str, port: int, admin_port: int) -> dict[str, object]:
+    """Rerank on for every index, a model budget far above the fake's latency, canary default rerank."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 2},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "elasticsearch": {"url": [es_url]},
+        "reranker": {"url": [reranker_url], "timeout_ms": 1000},
+        "canary": {"default": "rerank"},
+        "log": {"level": "INFO"},
+    }
+
+
+@contextmanager
+def proxy(tmp: Path, es_url: str, reranker_url: str) -> Iterator[Proxy]:
+    """`python -m es_rerank_proxy serve --config tmp/proxy.yaml`; stderr (its log) goes to tmp/proxy.log."""
+    port, admin_port = free_port(), free_port()
+    config_path = tmp / "proxy.yaml"
+    config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, admin_port)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")}
+    command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
+    log_path = tmp / "proxy.log"
+    with process(command, log_path, env) as child:
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        wait_for_http(admin_url + "/_rerank/health", process=child)
+        yield Proxy(f"http://127.0.0.1:{port}", admin_url, child.pid, log_path)
+
+
+NGINX_CONF = """\
+# A plain production-style keep-alive reverse proxy to Elasticsearch, the baseline for the proxy.
+# One worker: the proxy is one asyncio process, and the 2 cores are shared with Elasticsearch and the
+# load generator; a second worker would only add contention.
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;  # the proxy keeps no access log either
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    client_max_body_size 100m;
+    keepalive_requests 100000;
+    upstream elasticsearch {{
+        server {es_host_port};
+        keepalive 64;
+        keepalive_requests 100000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://elasticsearch;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;  # nginx's default, what production reverse proxies run
+        }}
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx(tmp: Path, es_url: str) -> Iterator[str]:
+    """nginx in the foreground with tmp/nginx.conf; yields its URL."""
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, es_host_port=es_url.removeprefix("http://"), port=port))
+    command = [
+        "nginx",
+        "-p",
+        str(tmp),
+        "-e",
+        str(tmp / "nginx-error.log"),
+        "-c",
+        str(conf),
+        "-g",
+        "daemon off;",
+    ]
+    with process(command, tmp / "nginx.log") as child:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/", process=child)
+        yield url
