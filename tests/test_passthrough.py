@@ -11,6 +11,7 @@ import urllib.request
 
 import aiohttp
 import pytest
+import requests
 from elasticsearch import AsyncElasticsearch, Elasticsearch, helpers
 
 from es_rerank_proxy.local_elasticsearch import free_port
@@ -311,3 +312,17 @@ def test_large_bulk_streams_in_constant_memory(tmp_path) -> None:  # type: ignor
                 assert peak < 150 * 1024 * 1024, f"peak RSS {peak / 1048576:.0f} MB"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("HEAD", "/bytes-idx"), ("GET", "/bytes-idx/_doc/1"), ("GET", "/")]
+)
+def test_response_headers_match_elasticsearch(
+    passthrough_proxy: RunningProxy, es_direct: Elasticsearch, es_url: str, method: str, path: str
+) -> None:
+    if not es_direct.indices.exists(index="bytes-idx"):
+        helpers.bulk(es_direct, _documents("bytes-idx", 20), refresh=True)
+    direct = requests.request(method, es_url + path, timeout=30)
+    via_proxy = requests.request(method, passthrough_proxy.url + path, timeout=30)
+    for name in ("Content-Length", "Content-Type", "X-Elastic-Product"):
+        assert via_proxy.headers.get(name) == direct.headers.get(name), name

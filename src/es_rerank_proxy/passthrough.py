@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Large enough that a bulk response streams in few writes, small enough to keep memory flat.
 _CHUNK = 256 * 1024
+# Answers up to this size are read whole and sent in one write; larger ones stream.
+_BUFFERED_MAX = 256 * 1024
 
 
 def raw_target(request: web.BaseRequest) -> str:
@@ -67,12 +69,24 @@ async def forward(
         payload = None
     try:
         async with es.request(request.method, raw_target(request), headers, payload) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            response.headers.extend(forwardable_response_headers(upstream.headers))
+            response_headers = forwardable_response_headers(upstream.headers)
             if extra_headers:
-                response.headers.update(extra_headers)
+                response_headers.update(extra_headers)
+            length = upstream.content_length
+            if request.method == "HEAD" or (length is not None and length <= _BUFFERED_MAX):
+                # Small answers go out headers and body in one write; streaming would send them apart.
+                data = b"" if request.method == "HEAD" else await _read_all(upstream)
+                return web.Response(
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    body=data or None,
+                    headers=response_headers,
+                )
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=response_headers
+            )
             await response.prepare(request)
-            if request.method != "HEAD" and not await _copy_body(upstream, response):
+            if not await _copy_body(upstream, response):
                 # The status line is already sent: the only honest signal left is to cut the connection.
                 if request.transport is not None:
                     request.transport.abort()
@@ -82,6 +96,15 @@ async def forward(
     except UpstreamError as exc:
         log.warning("elasticsearch request failed: %s", exc.reason)
         return error_response(exc, extra_headers)
+
+
+async def _read_all(upstream: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await upstream.read()
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamError("Elasticsearch stopped answering mid-body", timed_out=True) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(f"Elasticsearch broke off its answer: {exc}") from exc
 
 
 async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> bool:
