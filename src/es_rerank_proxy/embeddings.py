@@ -2,7 +2,7 @@
 
 Passage vectors are cached by the exact text sent; missing ones are embedded by background work the client
 owns, so a search that runs out of budget still leaves the cache filled for the next one. The pure helpers
-(`cosine`, `to_unit_interval`, `parse_embeddings`) hold the format and scoring decisions.
+in `vectors` (`cosine`, `to_unit_interval`, `parse_embeddings`) hold the format and scoring decisions.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import functools
 import hashlib
 import logging
 import math
-import operator
 import time
-from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypedDict
+from typing import Literal, TypedDict
 
 import aiohttp
 import orjson
@@ -27,9 +25,9 @@ from .config import RerankerConfig
 from .errors import Overloaded, RerankerBadResponse, RerankerError, RerankerTimeout
 from .reranker import ModelServerBadResponse, ModelServerUnavailable, parse_error
 from .resilience import Clock, Deadline, TTLCache
+from .vectors import Vector, dot, parse_embeddings, to_unit_interval, unit
 
 InputType = Literal["query", "passage"]
-Vector: TypeAlias = "array[float]"  # float32 ("f"), L2-normalised: ~1.5 KB for e5-small's 384 dimensions
 
 logger = logging.getLogger(__name__)
 
@@ -61,74 +59,7 @@ class EmbeddingStats:
     dropped: int = 0
 
 
-# --- pure helpers -----------------------------------------------------------------------------------
-
-
-def cosine(a: Sequence[float], b: Sequence[float]) -> float:
-    """Cosine similarity of two equally long non-zero vectors."""
-    if len(a) != len(b):
-        raise ValueError(f"vectors differ in length: {len(a)} != {len(b)}")
-    norms = math.sqrt(_dot(a, a) * _dot(b, b))
-    if norms == 0:
-        raise ValueError("cosine of a zero vector")
-    return max(-1.0, min(1.0, _dot(a, b) / norms))
-
-
-def to_unit_interval(cos: float) -> float:
-    """Map a cosine in [-1, 1] to a score in [0, 1] by (cos + 1) / 2, clamped.
-
-    Linear and monotone, so the order and the relative gaps between documents are kept, and no
-    corpus-specific threshold is assumed (e5 cosines crowd into roughly [0.7, 0.95]; the blend normalises).
-    """
-    return max(0.0, min(1.0, (cos + 1.0) / 2.0))
-
-
-def parse_embeddings(body: bytes, n: int) -> list[list[float]]:
-    """The `n` vectors of an OpenAI embeddings answer in input order; else `RerankerBadResponse`."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RerankerBadResponse(f"not valid JSON: {body[:60]!r}") from exc
-    items = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise RerankerBadResponse("expected a JSON object with a 'data' list")
-    if len(items) != n:
-        raise RerankerBadResponse(f"expected {n} embeddings, got {len(items)}")
-    vectors: list[list[float] | None] = [None] * n
-    dim: int | None = None
-    for position, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise RerankerBadResponse(f"embedding {position}: expected an object")
-        index = item.get("index", position)
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < n:
-            raise RerankerBadResponse(f"embedding {position}: bad index {index!r}")
-        if vectors[index] is not None:
-            raise RerankerBadResponse(f"embedding index {index} appears twice")
-        values = item.get("embedding")
-        if not isinstance(values, list) or not values:
-            raise RerankerBadResponse(f"embedding {index}: expected a non-empty list of numbers")
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            raise RerankerBadResponse(f"embedding {index}: expected numbers only")
-        vector = [float(v) for v in values]
-        if not all(math.isfinite(v) for v in vector):
-            raise RerankerBadResponse(f"embedding {index}: not finite")
-        if not any(vector):
-            raise RerankerBadResponse(f"embedding {index}: zero vector")
-        if dim is not None and len(vector) != dim:
-            raise RerankerBadResponse(f"embedding {index}: {len(vector)} dimensions, others have {dim}")
-        dim = len(vector)
-        vectors[index] = vector
-    return [v for v in vectors if v is not None]
-
-
-def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    total: float = sum(map(operator.mul, a, b), 0.0)
-    return total
-
-
-def _unit(values: Sequence[float]) -> Vector:
-    norm = math.sqrt(_dot(values, values))
-    return array("f", (v / norm for v in values))
+# --- helpers ----------------------------------------------------------------------------------------
 
 
 def _digest(text: str) -> bytes:
@@ -268,7 +199,7 @@ class EmbeddingsClient:
         if any(len(vector) != len(query_vector) for vector in vectors.values()):
             # The server changed models under the same configured name: cached vectors do not compare.
             raise ModelServerBadResponse(f"query and passage vectors differ in size ({len(query_vector)})")
-        return [to_unit_interval(_dot(query_vector, vectors[key])) for key in keys]
+        return [to_unit_interval(dot(query_vector, vectors[key])) for key in keys]
 
     async def health(self, url: str, timeout_s: float) -> bool:
         """True if `GET /health` answers 200 in time; never raises for model-server failures."""
@@ -418,7 +349,7 @@ class EmbeddingsClient:
             if not 200 <= status < 300:
                 raise ModelServerBadResponse(f"HTTP {status}: {parse_error(body)}", status=status)
             try:
-                return [_unit(v) for v in parse_embeddings(body, len(texts))]
+                return [unit(v) for v in parse_embeddings(body, len(texts))]
             except RerankerBadResponse as exc:
                 raise ModelServerBadResponse(f"HTTP {status}: {exc}", status=status) from exc
         except RerankerError:

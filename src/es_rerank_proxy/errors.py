@@ -11,6 +11,10 @@ class ConfigError(ProxyError):
     """An invalid configuration; the message starts with the key path."""
 
 
+class EvalError(ProxyError):
+    """An `eval` input or option is unusable (exit code 2)."""
+
+
 class UpstreamError(ProxyError):
     """Elasticsearch could not be reached or did not answer in time."""
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .order_stats import kendall_tau, mean_position_change, top_k_overlap
-from .pipeline import SearchRecord
+from .record import SearchRecord
 
 # Latencies from sub-millisecond proxy work up to Elasticsearch's slow searches.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -13,86 +13,23 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from . import blend, canary, http_io, msearch, page, passthrough, search
-from .config import Config
 from .errors import UpstreamError
 from .order_stats import mean_position_change
+from .record import SearchRecord
 from .scoring import ScoreDoc, Scorer
+from .settings import Settings
 from .upstream import Elasticsearch
 
 log = logging.getLogger(__name__)
 
 RERANK_HEADER = "X-Rerank"
 REASON_HEADER = "X-Rerank-Reason"
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What the pipeline derives from one Config: computed once per (re)load, not per request."""
-
-    config: Config
-    canary: canary.CanaryRules
-    needed: search.NeededFields
-    model_key: str
-
-    @classmethod
-    def from_config(cls, config: Config) -> Settings:
-        reranker = config.reranker
-        key = "\x1f".join(
-            (
-                reranker.api,
-                reranker.model,
-                reranker.prompt_format,
-                config.rerank.instruction,
-                reranker.passage_prefix,
-            )
-        )
-        weights = config.blend.weights
-        return cls(
-            config=config,
-            canary=canary.compile_canary(config.canary),
-            needed=search.NeededFields(
-                text_fields=config.rerank.text_fields,
-                date_field=config.blend.recency.field if weights.recency > 0 else "",
-                citations_field=config.blend.citations.field if weights.citations > 0 else "",
-            ),
-            model_key=key,
-        )
-
-
-@dataclass(slots=True)
-class SearchRecord:
-    """One search (or one `_msearch` request) as the logs and metrics see it."""
-
-    kind: str
-    indices: tuple[str, ...]
-    client: str | None = None
-    mode: str = "rerank"
-    outcome: str = "skipped"  # applied | skipped | degraded | shadow | error
-    reason: str | None = None
-    phase: Literal["live", "shadow"] = "live"
-    query_text: str | None = None
-    es_s: float = 0.0
-    rerank_s: float = 0.0
-    total_s: float = 0.0
-    documents_sent: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    moved_top10: float | None = None
-    orders: list[tuple[int, ...]] = field(default_factory=list)  # final orders of the reranked windows
-    searches: int = 1
-    started: float = field(default_factory=time.perf_counter)
-
-    def server_timing(self) -> str:
-        """`Server-Timing` value: where this search's time went so far, in milliseconds."""
-        total = (time.perf_counter() - self.started) * 1000
-        return f"es;dur={self.es_s * 1000:.3f}, rerank;dur={self.rerank_s * 1000:.3f}, total;dur={total:.3f}"
 
 
 @dataclass(slots=True)

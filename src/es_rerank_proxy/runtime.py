@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry
 from .config import Config, RerankerConfig, load_config
 from .errors import ConfigError
 from .metrics import Metrics
-from .pipeline import SearchPipeline, SearchRecord, Settings
+from .pipeline import SearchPipeline
+from .record import SearchRecord
 from .reranker import RerankerClient
 from .scoring import ScoreClient, Scorer
 from .search_log import SEARCH_LOGGER, log_search
 from .selftest import SelfTestResult, check_reranker
+from .settings import Settings
 from .shadow import ShadowRunner
 from .upstream import Elasticsearch, create_session
 

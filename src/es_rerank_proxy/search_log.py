@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import orjson
 
 from .order_stats import kendall_tau, top_k_overlap
-from .pipeline import SearchRecord
+from .record import SearchRecord
 
 SEARCH_LOGGER = "es_rerank_proxy.search"
 

@@ -1,0 +1,36 @@
+"""One search as logs and metrics see it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(slots=True)
+class SearchRecord:
+    """One search (or one `_msearch` request) as the logs and metrics see it."""
+
+    kind: str
+    indices: tuple[str, ...]
+    client: str | None = None
+    mode: str = "rerank"
+    outcome: str = "skipped"  # applied | skipped | degraded | shadow | error
+    reason: str | None = None
+    phase: Literal["live", "shadow"] = "live"
+    query_text: str | None = None
+    es_s: float = 0.0
+    rerank_s: float = 0.0
+    total_s: float = 0.0
+    documents_sent: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    moved_top10: float | None = None
+    orders: list[tuple[int, ...]] = field(default_factory=list)  # final orders of the reranked windows
+    searches: int = 1
+    started: float = field(default_factory=time.perf_counter)
+
+    def server_timing(self) -> str:
+        """`Server-Timing` value: where this search's time went so far, in milliseconds."""
+        total = (time.perf_counter() - self.started) * 1000
+        return f"es;dur={self.es_s * 1000:.3f}, rerank;dur={self.rerank_s * 1000:.3f}, total;dur={total:.3f}"

@@ -1,0 +1,42 @@
+"""What the search pipeline derives from one Config, computed once per (re)load rather than per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import canary, search
+from .config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What the pipeline derives from one Config: computed once per (re)load, not per request."""
+
+    config: Config
+    canary: canary.CanaryRules
+    needed: search.NeededFields
+    model_key: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        reranker = config.reranker
+        key = "\x1f".join(
+            (
+                reranker.api,
+                reranker.model,
+                reranker.prompt_format,
+                config.rerank.instruction,
+                reranker.passage_prefix,
+            )
+        )
+        weights = config.blend.weights
+        return cls(
+            config=config,
+            canary=canary.compile_canary(config.canary),
+            needed=search.NeededFields(
+                text_fields=config.rerank.text_fields,
+                date_field=config.blend.recency.field if weights.recency > 0 else "",
+                citations_field=config.blend.citations.field if weights.citations > 0 else "",
+            ),
+            model_key=key,
+        )
