@@ -23,7 +23,12 @@ def hit_data(hit: Mapping[str, object], needed: NeededFields) -> HitData:
     fields = hit.get("fields")
 
     def value(name: str) -> object:
-        found = _source_value(source, name.split(".")) if isinstance(source, Mapping) else None
+        if not isinstance(source, Mapping):
+            found = None
+        elif "." in name:
+            found = _source_value(source, name.split("."))
+        else:  # the common case, a top-level field: no path to walk
+            found = source.get(name)
         if found is None and isinstance(fields, Mapping):
             found = fields.get(name)
         return found

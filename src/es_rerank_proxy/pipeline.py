@@ -244,7 +244,7 @@ class SearchPipeline:
     ) -> Reranked:
         config = settings.config
         hits = _hits_list(es_response) or []
-        data = [page.hit_data(hit, settings.needed) for hit in hits]
+        data = [page.hit_data(hit, settings.features) for hit in hits]
         features = [
             blend.HitFeatures(es_score=_score_of(hit), date=item.date, citations=item.citations)
             for hit, item in zip(hits, data, strict=True)
@@ -256,7 +256,9 @@ class SearchPipeline:
             docs = [
                 ScoreDoc(
                     doc_id=f"{hits[i].get('_index', '')}/{hits[i].get('_id', '')}",
-                    text=page.document_text(data[i], config.rerank.max_doc_chars),
+                    text=page.document_text(
+                        page.hit_data(hits[i], settings.texts), config.rerank.max_doc_chars
+                    ),
                 )
                 for i in prior.candidates
             ]

@@ -14,7 +14,9 @@ class Settings:
 
     config: Config
     canary: canary.CanaryRules
-    needed: search.NeededFields
+    needed: search.NeededFields  # every field the pipeline reads: the recall must return them
+    features: search.NeededFields  # what the blend reads of every hit in the window
+    texts: search.NeededFields  # what the model reads, of the top_n candidates only
     model_key: str
 
     @classmethod
@@ -30,13 +32,13 @@ class Settings:
             )
         )
         weights = config.blend.weights
+        date_field = config.blend.recency.field if weights.recency > 0 else ""
+        citations_field = config.blend.citations.field if weights.citations > 0 else ""
         return cls(
             config=config,
             canary=canary.compile_canary(config.canary),
-            needed=search.NeededFields(
-                text_fields=config.rerank.text_fields,
-                date_field=config.blend.recency.field if weights.recency > 0 else "",
-                citations_field=config.blend.citations.field if weights.citations > 0 else "",
-            ),
+            needed=search.NeededFields(config.rerank.text_fields, date_field, citations_field),
+            features=search.NeededFields((), date_field, citations_field),
+            texts=search.NeededFields(config.rerank.text_fields, "", ""),
             model_key=key,
         )
