@@ -23,7 +23,7 @@ import orjson
 
 from .config import RerankerConfig
 from .errors import Overloaded, RerankerBadResponse, RerankerError, RerankerTimeout
-from .reranker import ModelServerBadResponse, ModelServerUnavailable, parse_error
+from .reranker import ModelServerBadResponse, ModelServerUnavailable, call_model_server, parse_error
 from .resilience import Clock, Deadline, TTLCache
 from .vectors import Vector, dot, parse_embeddings, to_unit_interval, unit
 
@@ -359,22 +359,4 @@ class EmbeddingsClient:
     async def _call(
         self, method: str, url: str, path: str, data: bytes | None, timeout_s: float
     ) -> tuple[int, bytes]:
-        # aiohttp treats a total timeout of 0 as "no timeout": an exhausted budget must not wait forever.
-        if not timeout_s > 0:
-            raise RerankerTimeout(f"{method} {path}: no time left (timeout {timeout_s} s)")
-        target = url.rstrip("/") + path
-        try:
-            async with self._session.request(
-                method,
-                target,
-                data=data,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                return resp.status, await resp.read()
-        # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
-        except asyncio.TimeoutError as exc:
-            raise RerankerTimeout(f"{method} {path}: no answer within {timeout_s:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ModelServerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        return await call_model_server(self._session, method, url, path, data, self._headers, timeout_s)

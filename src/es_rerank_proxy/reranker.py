@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, TypedDict
 
 import aiohttp
@@ -327,26 +327,39 @@ class RerankerClient:
     async def _call(
         self, method: str, url: str, path: str, timeout_s: float, data: bytes | None
     ) -> tuple[int, bytes]:
-        # aiohttp treats a total timeout of 0 as "no timeout": an exhausted budget must not wait forever.
-        if not timeout_s > 0:
-            raise RerankerTimeout(f"{method} {path}: no time left (timeout {timeout_s} s)")
-        target = url.rstrip("/") + path
-        shown = _redact(target)
-        try:
-            async with self._session.request(
-                method,
-                target,
-                data=data,
-                headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-                allow_redirects=False,
-            ) as resp:
-                return resp.status, await resp.read()
-        # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
-        except asyncio.TimeoutError as exc:
-            raise RerankerTimeout(f"{method} {shown}: no answer within {timeout_s:g} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
+        return await call_model_server(self._session, method, url, path, data, self._headers, timeout_s)
+
+
+async def call_model_server(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    path: str,
+    data: bytes | None,
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> tuple[int, bytes]:
+    """One request to a model server: its status and body, or the project's error for a transport failure."""
+    # aiohttp treats a total timeout of 0 as "no timeout": an exhausted budget must not wait forever.
+    if not timeout_s > 0:
+        raise RerankerTimeout(f"{method} {path}: no time left (timeout {timeout_s} s)")
+    target = url.rstrip("/") + path
+    shown = _redact(target)
+    try:
+        async with session.request(
+            method,
+            target,
+            data=data,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+        ) as resp:
+            return resp.status, await resp.read()
+    # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
+    except asyncio.TimeoutError as exc:
+        raise RerankerTimeout(f"{method} {shown}: no answer within {timeout_s:g} s") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
 
 
 def _raise_for_status(status: int, body: bytes) -> None:
