@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Shadow mode must not slow answers: p50 latency of `shadow` against `off`, in one proxy, one run.
+
+Starts noida-db (seeded like scripts/bench.py), a fake reranker with a fixed latency and the proxy with
+`canary.default: off` and an override token, then sends the same searches alternately as `off` and as
+`shadow` (forced per request with X-Rerank-Mode), so both see the same machine at the same moment while
+the shadow reranks run in the background. Target: shadow p50 <= off p50 + 2 ms.
+
+    .venv/bin/python scripts/bench_shadow.py [--requests 2000] [--clients 1,8] [--model-latency-ms 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_lib import corpus, load, services
+from bench_lib.phases import RECALL_INDEX, client_search, summarize
+from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+
+TOKEN = "bench-shadow"
+TARGET_MS = 2.0
+
+
+def parse_args() -> argparse.Namespace:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
+    parser.add_argument("--clients", default="1,8", help="concurrency levels, comma-separated")
+    parser.add_argument("--model-latency-ms", type=float, default=20.0)
+    parser.add_argument("--json", default="artifacts/bench-shadow.json")
+    return parser.parse_args()
+
+
+async def alternate(url: str, queries: list[str], requests: int, clients: int) -> dict[str, list[float]]:
+    """Send `requests` searches from `clients` workers, every other one in shadow mode."""
+    latencies: dict[str, list[float]] = {"off": [], "shadow": []}
+    jobs: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        jobs.put_nowait(i)
+
+    async def worker() -> None:
+        async with load.new_session(url, 1) as session:
+            while not jobs.empty():
+                i = jobs.get_nowait()
+                mode = "shadow" if i % 2 else "off"
+                request = client_search(queries[i % len(queries)])
+                sample = await _send(session, request, mode)
+                if sample is not None:
+                    latencies[mode].append(sample)
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return latencies
+
+
+async def _send(session: aiohttp.ClientSession, request: load.Request, mode: str) -> float | None:
+    """One search's latency in ms; None unless it was answered 200 in the mode asked for."""
+    headers = {"Content-Type": "application/json", "X-Rerank-Mode": mode, "X-Rerank-Token": TOKEN}
+    expected = "shadow" if mode == "shadow" else "skipped"
+    started = time.perf_counter()
+    async with session.request(request.method, request.path, data=request.body, headers=headers) as response:
+        await response.read()
+        if response.status != 200 or response.headers.get("X-Rerank") != expected:
+            return None
+    return (time.perf_counter() - started) * 1000
+
+
+def main() -> int:
+    args = parse_args()
+    levels: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as temp:
+        tmp = Path(temp)
+        with (
+            services.noida(tmp / "noida") as es_url,
+            services.fake_reranker(tmp, args.model_latency_ms) as model,
+        ):
+            asyncio.run(corpus.seed_index(es_url, RECALL_INDEX, 300))
+            config = services.proxy_config(es_url, model, free_port(), free_port())
+            config["canary"] = {"default": "off", "override_token": TOKEN, "shadow_max_inflight": 16}
+            config_path = tmp / "proxy.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
+            with services.process(command, tmp / "proxy.log"):
+                admin = f"http://127.0.0.1:{config['admin']['port']}"
+                wait_for_http(admin + "/_rerank/health")
+                url = f"http://127.0.0.1:{config['server']['port']}"
+                queries = corpus.queries(500, seed=5)
+                asyncio.run(alternate(url, queries, 200, 1))  # warm-up
+                for clients in (int(c) for c in args.clients.split(",")):
+                    lat = asyncio.run(alternate(url, queries, args.requests, clients))
+                    off, shadow = summarize(lat["off"]), summarize(lat["shadow"])
+                    assert off is not None and shadow is not None
+                    levels[str(clients)] = {"off": off, "shadow": shadow}
+    print(f"Shadow vs off, same proxy, alternating requests (model latency {args.model_latency_ms:g} ms)")
+    print(f"{'clients':>8}{'off p50':>10}{'shadow p50':>12}{'off p99':>10}{'shadow p99':>12}{'p50 diff':>10}")
+    passed = True
+    for clients, level in levels.items():
+        off, shadow = level["off"], level["shadow"]
+        diff = shadow["p50_ms"] - off["p50_ms"]
+        passed &= diff <= TARGET_MS
+        print(
+            f"{clients:>8}{off['p50_ms']:>10.2f}{shadow['p50_ms']:>12.2f}{off['p99_ms']:>10.2f}"
+            f"{shadow['p99_ms']:>12.2f}{diff:>+10.2f}"
+        )
+    print(f"{'PASS' if passed else 'MISS'}  shadow p50 <= off p50 + {TARGET_MS:g} ms at every level")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model_latency_ms": args.model_latency_ms, "levels": levels}, indent=2))
+    print(f"saved {out}; reproduce with: .venv/bin/python {' '.join(sys.argv)}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
