@@ -17,7 +17,7 @@ from aiohttp import web
 
 from es_rerank_proxy.app import RUNTIME, create_admin_app, create_app, public_runner
 from es_rerank_proxy.config import Config, config_from_dict
-from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+from es_rerank_proxy.local_elasticsearch import free_port, stop_process_group, wait_for_http
 
 from .threaded import in_thread
 
@@ -102,6 +102,7 @@ def proxy_process(config: Config, tmp_dir: Path) -> Iterator[RunningProxy]:
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")},
+            start_new_session=True,
         )
     running = RunningProxy(
         url=f"http://127.0.0.1:{data['server']['port']}",
@@ -113,9 +114,4 @@ def proxy_process(config: Config, tmp_dir: Path) -> Iterator[RunningProxy]:
         wait_for_http(running.admin_url + "/_rerank/health", process=process)
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process_group(process, timeout_s=15)

@@ -18,7 +18,7 @@ import pytest
 import requests
 from elasticsearch import Elasticsearch
 
-from .conftest import INDEX, QUERY
+from .conftest import INDEX, QUERY, TOPICS
 from .fake_reranker import FakeReranker, closed_url, start_fake_reranker
 from .proxy_server import RunningProxy, make_config, proxy_in_thread, proxy_process
 from .recording_upstream import recording_upstream
@@ -136,17 +136,7 @@ def test_two_reranker_urls_one_down_still_applies(
     reranker = {"url": [closed_url(), fake.url], "retries": 1, "cache": {"max_entries": 0}}
     with reranking_proxy(WEIGHTS, reranker=reranker) as proxy:
         outcomes = [
-            _search(proxy, query={"match": {"abstract": word}}).headers["X-Rerank"]
-            for word in (
-                "neural",
-                "search",
-                "library",
-                "ranking",
-                "catalogue",
-                "retrieval",
-                "semantic",
-                "journal",
-            )
+            _search(proxy, query={"match": {"abstract": word}}).headers["X-Rerank"] for word in TOPICS
         ]
     assert outcomes == ["applied"] * 8
     assert fake.rerank_calls == 8
@@ -206,17 +196,7 @@ def test_soak_with_random_model_faults_leaks_nothing(library: str, es_url: str) 
 
 async def _soak(url: str, searches: int, clients: int) -> tuple[dict[int, int], dict[str, int]]:
     rng = random.Random(11)
-    words = [
-        "neural",
-        "search",
-        "library",
-        "ranking",
-        "catalogue",
-        "retrieval",
-        "semantic",
-        "journal",
-        "data",
-    ]
+    words = [*TOPICS, "data"]
     queue: asyncio.Queue[str] = asyncio.Queue()
     for _ in range(searches):
         queue.put_nowait(" ".join(rng.sample(words, 2)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from es_rerank_proxy.local_elasticsearch import free_port, run_noida, wait_for_http
+from es_rerank_proxy.local_elasticsearch import free_port, run_noida, stop_process_group, wait_for_http
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "apt-get install -y nginx-light wrk"
@@ -39,17 +39,17 @@ def process(
     """Run `command` with output to `log_path`; SIGTERM on exit, SIGKILL if it lingers."""
     with log_path.open("wb") as log:
         child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     try:
         yield child
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop_process_group(child)
 
 
 @contextmanager
