@@ -37,7 +37,6 @@ class Reranked:
     page: dict[str, object]
     outcome: str
     reason: str | None
-    order: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +281,7 @@ class SearchPipeline:
         if outcome == "applied":
             record.orders.append(ranking.order)
             record.moved_top10 = mean_position_change(ranking.order)
-        return Reranked(answer, outcome, reason, ranking.order)
+        return Reranked(answer, outcome, reason)
 
     # --- _msearch ------------------------------------------------------------------------------------
 
