@@ -18,6 +18,7 @@ import requests
 import yaml
 
 from es_rerank_proxy.config import config_to_dict
+from es_rerank_proxy.runtime import SettledFile
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker
@@ -141,6 +142,27 @@ def test_shadow_work_is_dropped_and_counted_when_full(
     assert elapsed < 0.5 * 4, "shadow work never delays an answer"
     dropped = re.search(r"^es_rerank_proxy_shadow_dropped_total (\S+)$", metrics, re.M)
     assert dropped is not None and float(dropped.group(1)) >= 2
+
+
+A, B, HALF = (1, 10, 1), (2, 20, 1), (2, 0, 1)  # (mtime, size, inode) of a file being edited
+
+
+@pytest.mark.parametrize(
+    ("polls", "reloads"),
+    [
+        pytest.param([A, A, A], [False, False, False], id="unchanged"),
+        pytest.param([B, B], [False, True], id="a change applies once it has held for a poll"),
+        pytest.param([B, B, B], [False, True, False], id="and only once"),
+        pytest.param([HALF, B, B], [False, False, True], id="a half-written file is never applied"),
+        pytest.param([B, A, A], [False, False, False], id="an edit undone before it settled"),
+        pytest.param([None, None, A, A], [False, True, False, True], id="deleted (reported), then restored"),
+    ],
+)
+def test_config_file_changes_apply_once_settled(
+    polls: list[tuple[int, int, int] | None], reloads: list[bool]
+) -> None:
+    watched = SettledFile(A)
+    assert [watched.settled_change(signature) for signature in polls] == reloads
 
 
 def _write_config(path: Path, proxy_config: dict[str, Any]) -> None:

@@ -58,7 +58,7 @@ class Runtime:
         self._run_self_test = self_test
         self._search_log = logging.getLogger(SEARCH_LOGGER)
         self._background: set[asyncio.Task[None]] = set()
-        self._file_signature = _signature(config_path)
+        self._file = SettledFile(_signature(config_path))
 
     @property
     def config(self) -> Config:
@@ -180,12 +180,10 @@ class Runtime:
         self._spawn(retire())
 
     async def watch(self, interval_s: float = 1.0) -> None:
-        """Reload whenever the config file changes on disk (polling: works on every filesystem)."""
+        """Reload once a change to the config file has settled (polling: works on every filesystem)."""
         while True:
             await asyncio.sleep(interval_s)
-            signature = _signature(self.config_path)
-            if signature != self._file_signature:
-                self._file_signature = signature
+            if self._file.settled_change(_signature(self.config_path)):
                 self.reload()
 
     def start_watching(self, interval_s: float = 1.0) -> None:
@@ -207,7 +205,31 @@ async def _close_client(client: ScoreClient) -> None:
         await close()
 
 
-def _signature(path: str | None) -> tuple[int, int, int] | None:
+FileSignature = tuple[int, int, int] | None
+
+
+class SettledFile:
+    """Tells a finished edit from one in progress: a change counts once it has held for a whole poll.
+
+    An editor that truncates and then writes leaves the file empty or half-written for a moment; a poll
+    landing there would otherwise apply that (often still valid) content as the new config.
+    """
+
+    def __init__(self, signature: FileSignature) -> None:
+        self._applied = signature
+        self._seen = signature
+
+    def settled_change(self, signature: FileSignature) -> bool:
+        """Feed one poll's signature; True when it differs from the last applied one and has settled."""
+        settled = signature == self._seen
+        self._seen = signature
+        if signature == self._applied or not settled:
+            return False
+        self._applied = signature
+        return True
+
+
+def _signature(path: str | None) -> FileSignature:
     """What changes when a file is rewritten, replaced or touched."""
     if path is None:
         return None
