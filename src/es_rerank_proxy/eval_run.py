@@ -10,7 +10,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, cast
+from typing import cast
 
 import aiohttp
 import orjson
@@ -19,6 +19,7 @@ from .datasets import SHIPPED, DatasetError, load_collection, parse_qrels, parse
 from .errors import EvalError
 from .eval_report import SideRun, format_table, plot_changes, report_json
 from .evaluation import Comparison, Report, compare, evaluate
+from .progress import ProgressBar
 
 PLACEHOLDER = "{{query}}"
 SIDES = ("elasticsearch", "proxy")
@@ -26,28 +27,6 @@ SIDES = ("elasticsearch", "proxy")
 
 class SearchFailed(EvalError):
     """A search request failed: refused, timed out, non-200 or not a search response (exit code 1)."""
-
-
-class Progress:
-    """A one-line `\\r` progress bar on a terminal; silent when the stream is not a TTY."""
-
-    def __init__(self, label: str, total: int, stream: TextIO, *, width: int = 30) -> None:
-        self.label, self.total, self.stream, self.width = label, total, stream, width
-        self.enabled = stream.isatty()
-        self.done = 0
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = self.width * self.done // max(self.total, 1)
-            bar = "#" * filled + "." * (self.width - filled)
-            self.stream.write(f"\r{self.label:<14} [{bar}] {self.done}/{self.total}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def _contains_placeholder(value: object) -> bool:
@@ -88,13 +67,15 @@ async def search_side(
     *,
     session: aiohttp.ClientSession,
     concurrency: int,
-    progress: Progress,
+    progress: ProgressBar,
 ) -> None:
     """Run every query against `side.url` with at most `concurrency` requests in flight."""
     url = f"{side.url.rstrip('/')}/{urllib.parse.quote(index, safe=',*')}/_search"
     pending = iter(queries.items())
+    done = 0
 
     async def worker() -> None:
+        nonlocal done
         for qid, text in pending:
             started = time.perf_counter()
             try:
@@ -114,7 +95,8 @@ async def search_side(
             side.outcomes[outcome.lower() if outcome else "missing"] += 1
             if reason:
                 side.reasons[reason] += 1
-            progress.advance()
+            done += 1
+            progress(done, len(queries))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
     try:
@@ -123,7 +105,7 @@ async def search_side(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        progress.close()
+        progress.finish()
 
 
 def _hit_ids(body: bytes, side: str) -> list[str]:
@@ -204,7 +186,8 @@ async def run_evaluation(
     sides = {name: SideRun(name, url) for name, url in urls.items() if url.lower() != "none"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for side in sides.values():  # one side after the other, so latencies do not disturb each other
-            progress = Progress(side.name, len(queries), sys.stderr)
+            # quiet off a terminal: `eval` output is often redirected and parsed
+            progress = ProgressBar(sys.stderr, label=side.name, quiet=True)
             await search_side(
                 side, index, queries, make_body, session=session, concurrency=concurrency, progress=progress
             )

@@ -13,7 +13,6 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import TextIO
 
 import aiohttp
 import orjson
@@ -24,6 +23,7 @@ from .config import Config
 from .embeddings import EmbeddingsClient
 from .errors import ProxyError, UpstreamError
 from .page import document_text, hit_data
+from .progress import ProgressBar
 from .runtime import Runtime
 
 Progress = Callable[[int, int], None]
@@ -279,34 +279,3 @@ async def request_warm(
             else:
                 final = item
     return final
-
-
-class ProgressBar:
-    """`[#####-----]  120/400  30%` redrawn in place on a terminal, one line per 10% otherwise."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self._stream = stream
-        self._width = width
-        self._tty = stream.isatty()
-        self._last_tenth = -1
-        self._drawn = False
-
-    def __call__(self, done: int, total: int) -> None:
-        fraction = done / total if total > 0 else 1.0
-        if not self._tty:
-            tenth = int(fraction * 10)
-            if tenth == self._last_tenth:
-                return
-            self._last_tenth = tenth
-        filled = int(fraction * self._width)
-        line = f"[{'#' * filled}{'-' * (self._width - filled)}] {done}/{total} {fraction:4.0%}"
-        self._stream.write(("\r" + line) if self._tty else line + "\n")
-        self._stream.flush()
-        self._drawn = True
-
-    def finish(self) -> None:
-        """End the redrawn line."""
-        if self._tty and self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-        self._drawn = False
