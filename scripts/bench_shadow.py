@@ -5,10 +5,13 @@ Starts noida-db (seeded like scripts/bench.py), a fake reranker with a fixed lat
 `canary.default: off` and an override token, then sends the same searches in three phases, `off`,
 `shadow` (forced per request with X-Rerank-Mode) and `off` again, and compares shadow with the mean of
 the two off phases (which cancels drift). Shadow phases carry their own background reranks, including a
-second recall request to Elasticsearch per search, so any load they add shows in their own latency.
+second (slimmed) recall request to Elasticsearch per search, so any load they add shows in their own
+latency. It also counts, from the proxy's metrics, how many shadows ran and how many were dropped, and
+why: a shadow that never runs costs nothing, so the latency is only half of the result.
 Target: shadow p50 <= off p50 + 2 ms.
 
     .venv/bin/python scripts/bench_shadow.py [--requests 2000] [--clients 1,8] [--model-latency-ms 20]
+        [--shadow-max-es-inflight N]   # the admission limit; 0 turns it off (every shadow runs)
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ import time
 from pathlib import Path
 
 import aiohttp
+import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lib import corpus, load, services
 from bench_lib.phases import RECALL_INDEX, client_search, summarize
+from es_rerank_proxy.config import CanaryConfig
 from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
 
 TOKEN = "bench-shadow"
@@ -41,6 +47,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
     parser.add_argument("--clients", default="1,8", help="concurrency levels, comma-separated")
     parser.add_argument("--model-latency-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--shadow-max-es-inflight",
+        type=int,
+        default=CanaryConfig().shadow_max_elasticsearch_inflight,
+        help="canary.shadow_max_elasticsearch_inflight (default: the proxy's, %(default)s; 0: no limit)",
+    )
     parser.add_argument("--json", default="artifacts/bench-shadow.json")
     return parser.parse_args()
 
@@ -77,6 +89,20 @@ async def _send(session: aiohttp.ClientSession, request: load.Request, mode: str
     return (time.perf_counter() - started) * 1000
 
 
+def shadow_counts(admin_url: str) -> dict[str, float]:
+    """Shadows finished (`ran`) and dropped per reason so far, from the proxy's metrics."""
+    counts: dict[str, float] = {"ran": 0.0}
+    text = requests.get(f"{admin_url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "es_rerank_proxy_shadow_runs_total":
+                counts["ran"] += sample.value
+            elif sample.name == "es_rerank_proxy_shadow_dropped_total":
+                key = f"dropped:{sample.labels['reason']}"
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
 def main() -> int:
     args = parse_args()
     levels: dict[str, dict[str, dict[str, float]]] = {}
@@ -88,7 +114,12 @@ def main() -> int:
         ):
             asyncio.run(corpus.seed_index(es_url, RECALL_INDEX, 300))
             config = services.proxy_config(es_url, model, free_port(), free_port())
-            config["canary"] = {"default": "off", "override_token": TOKEN, "shadow_max_inflight": 16}
+            config["canary"] = {
+                "default": "off",
+                "override_token": TOKEN,
+                "shadow_max_inflight": 16,
+                "shadow_max_elasticsearch_inflight": args.shadow_max_es_inflight,
+            }
             config_path = tmp / "proxy.yaml"
             config_path.write_text(yaml.safe_dump(config))
             command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
@@ -99,13 +130,24 @@ def main() -> int:
                 queries = corpus.queries(500, seed=5)
                 asyncio.run(phase(url, queries, 200, 1, "off"))  # warm-up
                 for clients in (int(c) for c in args.clients.split(",")):
-                    runs = [asyncio.run(phase(url, queries, args.requests, clients, m)) for m in MODES]
+                    runs, before = [], shadow_counts(admin)
+                    for mode in MODES:
+                        runs.append(asyncio.run(phase(url, queries, args.requests, clients, mode)))
+                    after = shadow_counts(admin)
                     first_off, shadow, second_off = (summarize(run) for run in runs)
                     assert first_off is not None and shadow is not None and second_off is not None
                     off = {key: (first_off[key] + second_off[key]) / 2 for key in ("p50_ms", "p99_ms")}
-                    levels[str(clients)] = {"off": off, "shadow": shadow}
-    print(f"Shadow vs off, same proxy, phases off/shadow/off (model latency {args.model_latency_ms:g} ms)")
-    print(f"{'clients':>8}{'off p50':>10}{'shadow p50':>12}{'off p99':>10}{'shadow p99':>12}{'p50 diff':>10}")
+                    counts = {key: after[key] - before.get(key, 0.0) for key in after}
+                    levels[str(clients)] = {"off": off, "shadow": shadow, "shadows": counts}
+    limit = args.shadow_max_es_inflight or "none"
+    print(
+        f"Shadow vs off, same proxy, phases off/shadow/off (model latency {args.model_latency_ms:g} ms,"
+        f" shadow_max_elasticsearch_inflight {limit})"
+    )
+    print(
+        f"{'clients':>8}{'off p50':>10}{'shadow p50':>12}{'off p99':>10}{'shadow p99':>12}{'p50 diff':>10}"
+        "   shadows ran / dropped (reason)"
+    )
     passed = True
     for clients, level in levels.items():
         off, shadow = level["off"], level["shadow"]
@@ -113,14 +155,27 @@ def main() -> int:
         passed &= diff <= TARGET_MS
         print(
             f"{clients:>8}{off['p50_ms']:>10.2f}{shadow['p50_ms']:>12.2f}{off['p99_ms']:>10.2f}"
-            f"{shadow['p99_ms']:>12.2f}{diff:>+10.2f}"
+            f"{shadow['p99_ms']:>12.2f}{diff:>+10.2f}   {describe(level['shadows'])}"
         )
     print(f"{'PASS' if passed else 'MISS'}  shadow p50 <= off p50 + {TARGET_MS:g} ms at every level")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model_latency_ms": args.model_latency_ms, "levels": levels}, indent=2))
+    result = {
+        "model_latency_ms": args.model_latency_ms,
+        "shadow_max_elasticsearch_inflight": args.shadow_max_es_inflight,
+        "levels": levels,
+    }
+    out.write_text(json.dumps(result, indent=2))
     print(f"saved {out}; reproduce with: .venv/bin/python {' '.join(sys.argv)}")
     return 0 if passed else 1
+
+
+def describe(counts: dict[str, float]) -> str:
+    dropped = {
+        key.split(":", 1)[1]: value for key, value in counts.items() if key.startswith("dropped:") and value
+    }
+    reasons = ", ".join(f"{value:g} {reason}" for reason, value in dropped.items())
+    return f"{counts.get('ran', 0):g} / {sum(dropped.values()):g}" + (f" ({reasons})" if reasons else "")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import yaml
 
 from es_rerank_proxy.config import config_to_dict
 from es_rerank_proxy.runtime import SettledFile
+from es_rerank_proxy.shadow import ShadowLimits, ShadowLoad, shadow_refusal
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker
@@ -140,8 +141,97 @@ def test_shadow_work_is_dropped_and_counted_when_full(
         metrics = requests.get(f"{p.admin_url}/metrics", timeout=10).text
     assert all(a.headers["X-Rerank"] == "shadow" for a in answers)
     assert elapsed < 0.5 * 4, "shadow work never delays an answer"
-    dropped = re.search(r"^es_rerank_proxy_shadow_dropped_total (\S+)$", metrics, re.M)
+    dropped = re.search(
+        r'^es_rerank_proxy_shadow_dropped_total\{reason="shadow_capacity"\} (\S+)$', metrics, re.M
+    )
     assert dropped is not None and float(dropped.group(1)) >= 2
+
+
+LIMITS = ShadowLimits(max_shadows=16, max_model_calls=8, max_elasticsearch_requests=4)
+
+
+@pytest.mark.parametrize(
+    ("load", "limits", "refusal"),
+    [
+        pytest.param(ShadowLoad(0, 0, 0), LIMITS, None, id="idle"),
+        pytest.param(ShadowLoad(15, 7, 3), LIMITS, None, id="just below every limit"),
+        pytest.param(ShadowLoad(16, 0, 0), LIMITS, "shadow_capacity", id="shadow work full"),
+        pytest.param(ShadowLoad(0, 8, 0), LIMITS, "model_saturated", id="model saturated"),
+        pytest.param(ShadowLoad(0, 0, 4), LIMITS, "elasticsearch_busy", id="live searches queue at ES"),
+        pytest.param(
+            ShadowLoad(0, 0, 99),
+            ShadowLimits(max_shadows=16, max_model_calls=8, max_elasticsearch_requests=0),
+            None,
+            id="0 turns the Elasticsearch check off",
+        ),
+        pytest.param(ShadowLoad(16, 8, 4), LIMITS, "shadow_capacity", id="the first reason is given"),
+        pytest.param(
+            ShadowLoad(0, 0, 0),
+            ShadowLimits(max_shadows=0, max_model_calls=8, max_elasticsearch_requests=4),
+            "shadow_capacity",
+            id="capacity 0 turns shadow work off",
+        ),
+    ],
+)
+def test_shadow_admission(load: ShadowLoad, limits: ShadowLimits, refusal: str | None) -> None:
+    assert shadow_refusal(load, limits) == refusal
+
+
+def test_shadow_is_dropped_while_elasticsearch_is_busy_with_live_requests(
+    reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker, es_url: str
+) -> None:
+    """A slow upload holds a request open at Elasticsearch: with a limit of 1, shadows wait their turn."""
+
+    async def slow_upload(proxy: RunningProxy, uploading: threading.Event, done: threading.Event) -> int:
+        async def body() -> AsyncIterator[bytes]:
+            yield b'{"index": {"_index": "shadow-busy-bulk"}}\n'
+            uploading.set()
+            await asyncio.to_thread(done.wait, 30)
+            yield b'{"title": "held open"}\n'
+
+        async with aiohttp.ClientSession() as session:
+            headers = {"Content-Type": "application/x-ndjson"}
+            async with session.post(f"{proxy.url}/_bulk", data=body(), headers=headers) as response:
+                await response.read()
+                return response.status
+
+    with reranking_proxy(
+        {"rerank": 1.0}, canary={"default": "shadow", "shadow_max_elasticsearch_inflight": 1}
+    ) as proxy:
+        uploading, done = threading.Event(), threading.Event()
+        statuses: list[int] = []
+        upload = threading.Thread(
+            target=lambda: statuses.append(asyncio.run(slow_upload(proxy, uploading, done)))
+        )
+        upload.start()
+        try:
+            assert uploading.wait(10)
+            time.sleep(0.2)  # the upload's request is open at Elasticsearch
+            busy = [_search(proxy) for _ in range(3)]
+        finally:
+            done.set()
+            upload.join(30)
+        idle = _search(proxy)
+        metrics = _wait_for_metric(
+            proxy, 'es_rerank_proxy_shadow_runs_total{outcome="applied",reason=""} 1.0'
+        )
+    assert statuses == [200]
+    assert [a.headers["X-Rerank"] for a in [*busy, idle]] == ["shadow"] * 4, "answers never wait"
+    assert 'es_rerank_proxy_shadow_dropped_total{reason="elasticsearch_busy"} 3.0' in metrics
+    assert 'es_rerank_proxy_shadow_runs_total{outcome="applied",reason=""} 1.0' in metrics, (
+        "once Elasticsearch is free again, shadows run"
+    )
+
+
+def _wait_for_metric(proxy: RunningProxy, line: str, timeout_s: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    metrics = ""
+    while time.monotonic() < deadline:
+        metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+        if line in metrics:
+            break
+        time.sleep(0.05)
+    return metrics
 
 
 A, B, HALF = (1, 10, 1), (2, 20, 1), (2, 0, 1)  # (mtime, size, inode) of a file being edited

@@ -20,6 +20,7 @@ from es_rerank_proxy.search import (
     classify_endpoint,
     indices_match,
     plan_search,
+    shadow_plan,
 )
 
 RERANK = RerankConfig()  # window 100, indices ("*",)
@@ -375,6 +376,85 @@ def test_recall_keeps_everything_else_byte_for_byte_equal() -> None:
     got = recall(plan(body))
     assert got == {**body, "size": 100}
     assert list(got) == list(body)
+
+
+DECIDING = {
+    "query": MATCH,
+    "post_filter": {"term": {"open_access": True}},
+    "min_score": 0.5,
+    "indices_boost": [{"library": 2}],
+    "runtime_mappings": {"y": {"type": "long"}},
+    "timeout": "2s",
+}
+SHADOW_FIELDS = {"_source": False, "fields": ["title", "abstract", "published", "citations"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "params", "depth", "shadow_body", "shadow_params"),
+    [
+        pytest.param(
+            {**DECIDING, "from": 10, "size": 10},
+            {"routing": "a", "preference": "_local"},
+            100,
+            {**DECIDING, "from": 0, "size": 100, **SHADOW_FIELDS, "track_total_hits": False},
+            {"routing": "a", "preference": "_local"},
+            id="what decides the hits and their order is kept",
+        ),
+        pytest.param(
+            {
+                "query": MATCH,
+                "_source": ["title"],
+                "fields": ["isbn"],
+                "docvalue_fields": ["year"],
+                "script_fields": {"s": {"script": "1"}},
+                "highlight": {"fields": {"title": {}}},
+                "aggs": {"by_year": {"terms": {"field": "year"}}},
+                "aggregations": {"n": {"value_count": {"field": "year"}}},
+                "suggest": {"s": {"text": "x", "term": {"field": "title"}}},
+                "track_total_hits": 5000,
+                "version": True,
+                "seq_no_primary_term": True,
+                "stats": ["group"],
+            },
+            {},
+            100,
+            {"query": MATCH, "size": 100, **SHADOW_FIELDS, "track_total_hits": False},
+            {},
+            id="what only shapes the answer is dropped",
+        ),
+        pytest.param(
+            {"query": MATCH},
+            {
+                "size": "10",
+                "q": "title:deep",
+                "_source_includes": "title",
+                "track_total_hits": "true",
+                "typed_keys": "true",
+                "rest_total_hits_as_int": "true",
+            },
+            20,
+            {"query": MATCH, **SHADOW_FIELDS, "track_total_hits": False},
+            {"size": "20", "q": "title:deep"},
+            id="URL params likewise; the size goes where the client put it",
+        ),
+    ],
+)
+def test_shadow_recall_asks_only_for_what_decides_the_order(
+    body: dict[str, object],
+    params: dict[str, str],
+    depth: int,
+    shadow_body: dict[str, object],
+    shadow_params: dict[str, str],
+) -> None:
+    live = ok(plan(body, params))
+    shadow = shadow_plan(live, NEEDED, depth)
+    assert orjson.loads(shadow.recall_body) == shadow_body
+    assert shadow.recall_params == shadow_params
+    assert (shadow.query_text, shadow.client_from, shadow.client_size) == (
+        live.query_text,
+        live.client_from,
+        live.client_size,
+    )
 
 
 # --- plan_search: fields the pipeline needs ---------------------------------------------------------

@@ -151,6 +151,9 @@ class CanaryConfig:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     override_token: str = field(default="", metadata={"secret": True})
     shadow_max_inflight: int = field(default=16, metadata=_min(0))
+    # A shadow starts only while this replica has fewer requests waiting on Elasticsearch (0: no check):
+    # its recall is one more search, and live searches must not queue behind it.
+    shadow_max_elasticsearch_inflight: int = field(default=4, metadata=_min(0))
     rules: tuple[CanaryRule, ...] = ()
 
 

@@ -120,7 +120,8 @@ class Metrics:
         )
         self.shadow_dropped = Counter(
             f"{prefix}_shadow_dropped",
-            "Shadow reranks dropped because the shadow capacity was full.",
+            "Shadow reranks not started, by reason (shadow_capacity, model_saturated, elasticsearch_busy).",
+            ["reason"],
             registry=registry,
         )
         self.config_reloads = Counter(
@@ -154,7 +155,7 @@ class Metrics:
 
     def _observe_shadow(self, record: SearchRecord) -> None:
         if record.outcome == "dropped":
-            self.shadow_dropped.inc()
+            self.shadow_dropped.labels(record.reason or "").inc()
             return
         self.shadow_runs.labels(record.outcome, record.reason or "").inc()
         for order in record.orders:

@@ -65,7 +65,7 @@ class Done:
 
 Result = search.Bypass | EsAnswer | Failed | Done
 Observer = Callable[[SearchRecord], None]
-StartShadow = Callable[[Callable[[], Awaitable[None]]], bool]
+StartShadow = Callable[[Callable[[], Awaitable[None]]], str | None]  # the refusal, if any
 
 
 @dataclass(slots=True)
@@ -129,11 +129,17 @@ class SearchPipeline:
         decoded: bytes,
         settings: Settings,
         record: SearchRecord,
+        *,
+        shadow: bool = False,
     ) -> Result:
-        """Plan, recall and rerank one request; nothing is sent to the client here."""
+        """Plan, recall and rerank one request; nothing is sent to the client here.
+
+        A `shadow` run recalls only what decides the reranked order (search.shadow_plan): its answer has
+        already been sent, and every extra millisecond of Elasticsearch's time is taken from live searches.
+        """
         if endpoint.kind == "search":
-            return await self._run_search(meta, endpoint, decoded, settings, record)
-        return await self._run_msearch(meta, endpoint, decoded, settings, record)
+            return await self._run_search(meta, endpoint, decoded, settings, record, shadow)
+        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow)
 
     # --- answering ----------------------------------------------------------------------------------
 
@@ -189,12 +195,15 @@ class SearchPipeline:
         decoded: bytes,
         settings: Settings,
         record: SearchRecord,
+        shadow: bool,
     ) -> Result:
         plan = search.plan_search(
             decoded, meta.params, endpoint.indices, settings.config.rerank, settings.needed, meta.header_query
         )
         if isinstance(plan, search.Bypass):
             return plan
+        if shadow:
+            plan = search.shadow_plan(plan, settings.needed, _shadow_depth(settings))
         record.query_text = plan.query_text
         path = meta.raw_path + http_io.query_string(plan.recall_params)
         recalled = await self._recall(meta, path, plan.recall_body, record)
@@ -292,6 +301,7 @@ class SearchPipeline:
         decoded: bytes,
         settings: Settings,
         record: SearchRecord,
+        shadow: bool,
     ) -> Result:
         items = msearch.split_msearch(decoded)
         if isinstance(items, search.Bypass):
@@ -307,6 +317,18 @@ class SearchPipeline:
         reasons = [plan.reason if isinstance(plan, search.Bypass) else "" for plan in plans]
         if all(isinstance(plan, search.Bypass) for plan in plans):
             return search.Bypass(_summarise(reasons))
+        if shadow:
+            # Only the searches a rerank would change are worth Elasticsearch's time again.
+            depth = _shadow_depth(settings)
+            items = [
+                item for item, plan in zip(items, plans, strict=True) if isinstance(plan, search.SearchPlan)
+            ]
+            plans = [
+                search.shadow_plan(plan, settings.needed, depth)
+                for plan in plans
+                if isinstance(plan, search.SearchPlan)
+            ]
+            reasons = [""] * len(plans)
         lines = [
             (item.header_raw, item.body_raw if isinstance(plan, search.Bypass) else plan.recall_body)
             for item, plan in zip(items, plans, strict=True)
@@ -358,7 +380,7 @@ class SearchPipeline:
 
         async def work() -> None:
             try:
-                result = await self.run(meta, endpoint, decoded, settings, record)
+                result = await self.run(meta, endpoint, decoded, settings, record, shadow=True)
                 if isinstance(result, search.Bypass):
                     record.outcome, record.reason = "skipped", result.reason
                 elif not isinstance(result, Done):
@@ -366,9 +388,15 @@ class SearchPipeline:
             finally:
                 self._finish(record)
 
-        if not self.start_shadow(work):
-            record.outcome, record.reason = "dropped", "shadow_capacity"
+        refusal = self.start_shadow(work)
+        if refusal is not None:
+            record.outcome, record.reason = "dropped", refusal
             self._finish(record)
+
+
+def _shadow_depth(settings: Settings) -> int:
+    rerank_cfg = settings.config.rerank
+    return blend.decisive_depth(settings.config.blend, rerank_cfg.window, rerank_cfg.top_n)
 
 
 def _hits_list(response: object) -> list[dict[str, object]] | None:

@@ -27,7 +27,7 @@ from .scoring import ScoreClient, Scorer
 from .search_log import SEARCH_LOGGER, log_search
 from .selftest import SelfTestResult, check_reranker
 from .settings import Settings
-from .shadow import ShadowRunner
+from .shadow import ShadowLimits, ShadowRunner
 from .upstream import Elasticsearch, create_session
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,12 @@ class Runtime:
         )
         self.client, self.scorer = self._build_scorer(config)
         self.shadow = ShadowRunner(
-            capacity=lambda: self.config.canary.shadow_max_inflight,
-            model_saturated=lambda: self.scorer.in_flight >= self.config.reranker.max_concurrency,
+            load=lambda: (self.scorer.in_flight, self.es.in_flight),
+            limits=lambda: ShadowLimits(
+                max_shadows=self.config.canary.shadow_max_inflight,
+                max_model_calls=self.config.reranker.max_concurrency,
+                max_elasticsearch_requests=self.config.canary.shadow_max_elasticsearch_inflight,
+            ),
         )
         self.pipeline = SearchPipeline(
             es=self.es,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import unquote
 
@@ -53,6 +53,20 @@ _BODY_REASONS: Mapping[str, str] = {
     "sort": "sort", "search_after": "search_after", "pit": "pit", "collapse": "collapse",
     "rescore": "rescore", "knn": "knn", "retriever": "retriever", "profile": "profile", "explain": "explain",
 }  # fmt: skip
+# Body keys and URL params that shape only what is shown, never which hits match or their order.
+_SHADOW_UNREAD = frozenset(
+    {
+        "_source", "fields", "docvalue_fields", "script_fields", "highlight", "aggs", "aggregations",
+        "suggest", "track_total_hits", "version", "seq_no_primary_term", "stats",
+    }
+)  # fmt: skip
+_SHADOW_UNREAD_PARAMS = frozenset(
+    {
+        "_source", "_source_includes", "_source_excludes", "docvalue_fields", "track_total_hits",
+        "typed_keys", "rest_total_hits_as_int", "seq_no_primary_term", "version", "stats",
+        "suggest_field", "suggest_mode", "suggest_size", "suggest_text",
+    }
+)  # fmt: skip
 _FALSE_OK = frozenset({"explain", "profile"})  # `"explain": false` changes nothing
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _SEARCH_PATH = re.compile(r"/(?:([^/]+)/)?(_search|_msearch)/?")
@@ -198,6 +212,22 @@ def plan_parsed(
         recall_params=recall_params,
         added_fields=added,
     )
+
+
+def shadow_plan(plan: SearchPlan, needed: NeededFields, depth: int) -> SearchPlan:
+    """The recall a shadow rerank needs: the same hits in the same order, `depth` of them, needed fields only.
+
+    A shadow's answer has already gone out, so `_source`, highlights, aggregations, suggestions and the
+    total are work Elasticsearch would do for nothing; none of them changes which hits match or their order.
+    """
+    body = {key: value for key, value in orjson.loads(plan.recall_body).items() if key not in _SHADOW_UNREAD}
+    body.update({"_source": False, "fields": list(needed.names()), "track_total_hits": False})
+    params = {name: value for name, value in plan.recall_params.items() if name not in _SHADOW_UNREAD_PARAMS}
+    if "size" in params:
+        params["size"] = str(depth)
+    if "size" in body or "size" not in params:
+        body["size"] = depth
+    return replace(plan, recall_body=orjson.dumps(body), recall_params=params, added_fields=())
 
 
 def parse_body(body: bytes) -> dict[str, object] | Bypass:

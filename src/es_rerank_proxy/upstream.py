@@ -105,10 +105,16 @@ class Elasticsearch:
         self._cfg = cfg
         self._bases = [URL(url.rstrip("/")) for url in cfg.url]
         self._turn = itertools.cycle(range(len(self._bases)))
+        self._in_flight = 0
 
     @property
     def session(self) -> aiohttp.ClientSession:
         return self._session
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this process sent to Elasticsearch and not yet finished (passed-through ones too)."""
+        return self._in_flight
 
     def target(self, base: URL, raw_path_qs: str) -> URL:
         """`raw_path_qs` appended to a configured base, still percent-encoded as the client sent it."""
@@ -138,33 +144,38 @@ class Elasticsearch:
         if retry_other_nodes is None:
             retry_other_nodes = not isinstance(body, aiohttp.StreamReader)
         nodes = self._order() if retry_other_nodes else self._order()[:1]
-        last_error: UpstreamError | None = None
-        for base in nodes:
-            try:
-                response = await self._session.request(
-                    method,
-                    self.target(base, raw_path_qs),
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    compress=False,
-                )
-            except aiohttp.ClientConnectorError as exc:
-                last_error = UpstreamError(f"cannot connect to Elasticsearch at {base}: {exc.os_error}")
-                continue
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise UpstreamError(
-                    f"Elasticsearch at {base} did not answer within {self._cfg.timeout_s:g} s", timed_out=True
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"Elasticsearch at {base} failed: {exc}") from exc
-            try:
-                yield response
-            finally:
-                response.release()
-            return
-        assert last_error is not None
-        raise last_error
+        self._in_flight += 1
+        try:
+            last_error: UpstreamError | None = None
+            for base in nodes:
+                try:
+                    response = await self._session.request(
+                        method,
+                        self.target(base, raw_path_qs),
+                        headers=headers,
+                        data=body,
+                        allow_redirects=False,
+                        compress=False,
+                    )
+                except aiohttp.ClientConnectorError as exc:
+                    last_error = UpstreamError(f"cannot connect to Elasticsearch at {base}: {exc.os_error}")
+                    continue
+                except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                    raise UpstreamError(
+                        f"Elasticsearch at {base} did not answer within {self._cfg.timeout_s:g} s",
+                        timed_out=True,
+                    ) from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError(f"Elasticsearch at {base} failed: {exc}") from exc
+                try:
+                    yield response
+                finally:
+                    response.release()
+                return
+            assert last_error is not None
+            raise last_error
+        finally:
+            self._in_flight -= 1
 
     async def fetch(
         self, method: str, raw_path_qs: str, headers: Mapping[str, str], body: bytes | None
