@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import requests
 import yaml
@@ -126,6 +127,33 @@ def test_shadow_answers_elasticsearch_bytes_and_records_the_comparison(
     assert "es_rerank_proxy_shadow_kendall_tau_count 3.0" in metrics
     assert 'es_rerank_proxy_shadow_runs_total{outcome="applied",reason=""} 3.0' in metrics
     assert "es_rerank_proxy_shadow_top10_overlap_count 3.0" in metrics
+
+
+def test_shadowed_msearch_compares_each_eligible_search_and_answers_elasticsearch_bytes(
+    reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker, es_url: str
+) -> None:
+    lines = [
+        {"index": INDEX},
+        {"query": QUERY, "size": 5},
+        {"index": INDEX},
+        {"query": QUERY, "sort": [{"citations": "desc"}]},  # not eligible: no comparison
+        {"index": INDEX},
+        {
+            "query": {"match": {"title": "library"}},
+            "size": 3,
+            "aggs": {"n": {"value_count": {"field": "_id"}}},
+        },
+    ]
+    body = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    headers = {"Content-Type": "application/x-ndjson"}
+    with reranking_proxy({"rerank": 1.0}, canary={"default": "shadow"}) as proxy:
+        answer = requests.post(f"{proxy.url}/_msearch", data=body, headers=headers, timeout=30)
+        metrics = _wait_for_metric(proxy, "es_rerank_proxy_shadow_kendall_tau_count 2.0")
+    direct = requests.post(f"{es_url}/_msearch", data=body, headers=headers, timeout=30)
+    assert answer.headers["X-Rerank"] == "shadow"
+    assert _normalise(answer.content) == _normalise(direct.content)
+    assert "es_rerank_proxy_shadow_kendall_tau_count 2.0" in metrics, "one comparison per eligible search"
+    assert fake.rerank_calls == 2
 
 
 def test_shadow_work_is_dropped_and_counted_when_full(
