@@ -40,6 +40,24 @@ def test_defaults_without_a_file() -> None:
     assert config.reranker.timeout_ms == 300
 
 
+@pytest.mark.parametrize(
+    ("api", "document_format", "labelled"),
+    [
+        ("vllm", "auto", True),
+        ("tei", "auto", True),
+        ("cohere", "auto", True),
+        ("embeddings", "auto", False),
+        ("embeddings", "labelled", True),
+        ("vllm", "plain", False),
+    ],
+)
+def test_document_format_auto_is_plain_only_for_embeddings(
+    api: str, document_format: str, labelled: bool
+) -> None:
+    config = config_from_dict({"reranker": {"api": api, "document_format": document_format}})
+    assert config.reranker.labels_documents is labelled
+
+
 def test_environment_overrides_urls_and_ports(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("elasticsearch: {url: http://file:9200}\n")

@@ -554,7 +554,8 @@ async def test_warm_index_scrolls_and_embeds_pipeline_texts(
     sent = {text for r in embeddings_fake.requests for text in r["input"]}
     needed = search.NeededFields(text_fields=("title", "abstract"), date_field="", citations_field="")
     hit = {"_source": {"title": "Title 3", "abstract": "About topic 3."}}
-    assert "passage: " + page.document_text(page.hit_data(hit, needed), 40) in sent
+    # the pipeline's own text for an embeddings model: the values alone (document_format auto)
+    assert "passage: " + page.document_text(page.hit_data(hit, needed), 40, labelled=False) in sent
 
 
 async def test_warm_index_stops_at_the_limit_and_warms_a_given_client(

@@ -622,6 +622,14 @@ def test_document_text_labels_and_joins_fields() -> None:
     assert document_text(HitData(texts=(), date=None, citations=None), 100) == ""
 
 
+def test_plain_document_text_is_the_values_alone() -> None:
+    data = HitData(texts=(("title", "Deep learning"), ("abstract", "About nets")), date=None, citations=None)
+    assert document_text(data, 2000, labelled=False) == "Deep learning About nets"
+    assert document_text(data, 15, labelled=False) == "Deep learning A"
+    pair = HitData(texts=(("t", "ab\ud83d\ude00"),), date=None, citations=None)
+    assert document_text(pair, 3, labelled=False) == "ab"
+
+
 def test_document_text_cuts_by_code_point_and_leaves_no_lone_surrogate() -> None:
     chinese = HitData(texts=(("标题", "机器学习与深度学习"),), date=None, citations=None)
     assert document_text(chinese, 9) == "标题: 机器学习与"

@@ -30,6 +30,7 @@ DEFAULT_INSTRUCTION = (
 Mode = Literal["off", "rerank", "shadow"]
 RerankerApi = Literal["vllm", "tei", "cohere", "embeddings"]
 PromptFormat = Literal["qwen3", "none"]
+DocumentFormat = Literal["auto", "labelled", "plain"]
 
 
 def _min(value: float) -> dict[str, float]:
@@ -99,8 +100,18 @@ class RerankerConfig:
     # Embedding servers (api: embeddings) want role prefixes; these suit the e5 family.
     query_prefix: str = "query: "
     passage_prefix: str = "passage: "
+    # labelled: `Title: ...` lines, which an instruction-following reranker reads as structure; plain: the
+    # values alone, as embedding models saw passages in training; auto: plain for api: embeddings.
+    document_format: DocumentFormat = "auto"
     breaker: BreakerConfig = BreakerConfig()
     cache: CacheConfig = CacheConfig()
+
+    @property
+    def labels_documents(self) -> bool:
+        """Whether document text is sent as labelled lines (else the field values alone)."""
+        if self.document_format == "auto":
+            return self.api != "embeddings"
+        return self.document_format == "labelled"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,10 +73,14 @@ def _text(value: object) -> str:
     return ""
 
 
-def document_text(data: HitData, max_chars: int) -> str:
-    """`Title: ...\\nAbstract: ...`, cut to `max_chars` code points (never leaving a lone surrogate)."""
-    lines = [f"{_label(name)}: {text}" for name, text in data.texts]
-    text = "\n".join(lines)[: max(0, max_chars)]
+def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> str:
+    """`Title: ...\\nAbstract: ...` (or the values alone, space-joined), cut to `max_chars` code points
+    (never leaving a lone surrogate)."""
+    if labelled:
+        joined = "\n".join(f"{_label(name)}: {text}" for name, text in data.texts)
+    else:
+        joined = " ".join(text for _, text in data.texts)
+    text = joined[: max(0, max_chars)]
     if text and "\ud800" <= text[-1] <= "\udbff":
         text = text[:-1]
     return text

@@ -269,7 +269,9 @@ class SearchPipeline:
                 ScoreDoc(
                     doc_id=f"{hits[i].get('_index', '')}/{hits[i].get('_id', '')}",
                     text=page.document_text(
-                        page.hit_data(hits[i], settings.texts), config.rerank.max_doc_chars
+                        page.hit_data(hits[i], settings.texts),
+                        config.rerank.max_doc_chars,
+                        labelled=config.reranker.labels_documents,
                     ),
                 )
                 for i in prior.candidates

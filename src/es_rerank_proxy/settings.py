@@ -29,6 +29,7 @@ class Settings:
                 reranker.prompt_format,
                 config.rerank.instruction,
                 reranker.passage_prefix,
+                str(reranker.labels_documents),
             )
         )
         weights = config.blend.weights

@@ -83,7 +83,11 @@ async def warm_index(
                 hits = hits[: max(0, limit - seen)]
             if not hits:
                 break
-            texts = [document_text(hit_data(hit, needed), config.rerank.max_doc_chars) for hit in hits]
+            labelled = config.reranker.labels_documents
+            texts = [
+                document_text(hit_data(hit, needed), config.rerank.max_doc_chars, labelled=labelled)
+                for hit in hits
+            ]
             embedded += await embedder.warm(url, [text for text in texts if text])
             seen += len(hits)
             if progress is not None:
