@@ -234,7 +234,8 @@ def test_shadow_is_dropped_while_elasticsearch_is_busy_with_live_requests(
         upload.start()
         try:
             assert uploading.wait(10)
-            time.sleep(0.2)  # the upload's request is open at Elasticsearch
+            held = "es_rerank_proxy_elasticsearch_requests_in_flight 1.0"
+            assert held in _wait_for_metric(proxy, held), "the upload is open at Elasticsearch"
             busy = [_search(proxy) for _ in range(3)]
         finally:
             done.set()

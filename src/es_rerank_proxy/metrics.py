@@ -82,6 +82,11 @@ class Metrics:
         self.in_flight = Gauge(
             f"{prefix}_model_calls_in_flight", "Model calls under way now.", registry=registry
         )
+        self.elasticsearch_in_flight = Gauge(
+            f"{prefix}_elasticsearch_requests_in_flight",
+            "Requests to Elasticsearch under way now, passed-through ones included.",
+            registry=registry,
+        )
         self.breaker = Gauge(
             f"{prefix}_breaker_state",
             "Circuit breaker per reranker URL: 1 for the state it is in, 0 for the others.",
@@ -169,6 +174,10 @@ class Metrics:
         """Gauges read at scrape time from the scorer, so they are never stale."""
         self.in_flight.set_function(lambda: float(in_flight()))
         self._breaker_states = breaker_states
+
+    def track_elasticsearch(self, in_flight: Callable[[], int]) -> None:
+        """The in-flight gauge, read at scrape time from the Elasticsearch pool."""
+        self.elasticsearch_in_flight.set_function(lambda: float(in_flight()))
 
     def refresh(self) -> None:
         """Bring the breaker gauges up to date (called just before each scrape)."""

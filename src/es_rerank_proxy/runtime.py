@@ -91,6 +91,7 @@ class Runtime:
             start_shadow=self.shadow.start,
         )
         self.metrics.track_scorer(lambda: self.scorer.in_flight, lambda: self.scorer.breaker_states())
+        self.metrics.track_elasticsearch(lambda: self.es.in_flight)
         if self._run_self_test:
             self._spawn(self._self_test())
 
