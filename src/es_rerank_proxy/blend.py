@@ -98,14 +98,6 @@ def needs_model(blend: BlendConfig) -> bool:
     return blend.weights.rerank > 0
 
 
-def decisive_depth(blend: BlendConfig, window: int, top_n: int) -> int:
-    """How many of Elasticsearch's first hits decide which hits are reranked and how.
-
-    The whole window: BM25 is normalised over it, so even its last hit sets every candidate's `bm25`.
-    """
-    return window
-
-
 def plan_prior(hits: Sequence[HitFeatures], blend: BlendConfig, top_n: int, now: datetime) -> Prior:
     """Score every hit without the model and pick the `top_n` candidates by prior."""
     weights = blend.weights

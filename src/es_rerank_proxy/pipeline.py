@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from . import blend, canary, http_io, msearch, page, passthrough, search
+from .config import Config
 from .errors import UpstreamError
 from .order_stats import mean_position_change
 from .record import SearchRecord
@@ -203,7 +204,7 @@ class SearchPipeline:
         if isinstance(plan, search.Bypass):
             return plan
         if shadow:
-            plan = search.shadow_plan(plan, settings.needed, _shadow_depth(settings))
+            plan = search.shadow_plan(plan, settings.needed, _shadow_depth(settings.config))
         record.query_text = plan.query_text
         path = meta.raw_path + http_io.query_string(plan.recall_params)
         recalled = await self._recall(meta, path, plan.recall_body, record)
@@ -321,7 +322,7 @@ class SearchPipeline:
             return search.Bypass(_summarise(reasons))
         if shadow:
             # Only the searches a rerank would change are worth Elasticsearch's time again.
-            depth = _shadow_depth(settings)
+            depth = _shadow_depth(settings.config)
             items = [
                 item for item, plan in zip(items, plans, strict=True) if isinstance(plan, search.SearchPlan)
             ]
@@ -396,9 +397,10 @@ class SearchPipeline:
             self._finish(record)
 
 
-def _shadow_depth(settings: Settings) -> int:
-    rerank_cfg = settings.config.rerank
-    return blend.decisive_depth(settings.config.blend, rerank_cfg.window, rerank_cfg.top_n)
+def _shadow_depth(config: Config) -> int:
+    # The whole window, as live: BM25 is min-maxed over it, so even its last hit sets every candidate's
+    # `bm25`, and with recency or citation weights any hit of it may become a candidate.
+    return config.rerank.window
 
 
 def _hits_list(response: object) -> list[dict[str, object]] | None:
