@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from es_rerank_proxy.order_stats import kendall_tau, mean_position_change, top_k_overlap
+from es_rerank_proxy.order_stats import compared_part, kendall_tau, mean_position_change, top_k_overlap
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,25 @@ def test_measures_stay_in_range(order: list[int]) -> None:
     assert 0.0 <= top_k_overlap(order) <= 1.0
     assert mean_position_change(order) >= 0.0
     assert (kendall_tau(order) == 1.0) == (order == sorted(order))
+
+
+WINDOW = list(range(100))
+
+
+@pytest.mark.parametrize(
+    ("order", "reranked", "expected"),
+    [
+        pytest.param([1, 0, *WINDOW[2:]], 20, (1, 0, *WINDOW[2:20]), id="the 20 reranked hits"),
+        pytest.param([3, 1, 0, 2, *WINDOW[4:]], 4, (3, 1, 0, 2, *WINDOW[4:10]), id="at least the first 10"),
+        pytest.param([7, 50, 2, 0, 1], 3, (7, 50, 2, 0, 1), id="a short window whole"),
+        pytest.param([], 0, (), id="empty"),
+    ],
+)
+def test_compared_part(order: list[int], reranked: int, expected: tuple[int, ...]) -> None:
+    assert compared_part(order, reranked) == expected
+
+
+def test_unmoved_tail_no_longer_hides_a_reranked_swap() -> None:
+    swapped = [1, 0, *WINDOW[2:]]
+    assert kendall_tau(swapped) > 0.999  # one discordant pair among 4,950
+    assert kendall_tau(compared_part(swapped, 20)) == pytest.approx(1 - 2 / 190)

@@ -107,7 +107,7 @@ class Metrics:
         )
         self.shadow_kendall_tau = Histogram(
             f"{prefix}_shadow_kendall_tau",
-            "Shadow mode: Kendall tau between Elasticsearch's and the reranked order of the window.",
+            "Shadow mode: Kendall tau between Elasticsearch's order and the proxy's, over the reranked hits.",
             buckets=(-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
             registry=registry,
         )

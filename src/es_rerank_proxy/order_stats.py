@@ -27,3 +27,12 @@ def kendall_tau(order: Sequence[int]) -> float:
     discordant = sum(1 for i in range(n) for j in range(i + 1, n) if order[i] > order[j])
     pairs = n * (n - 1) // 2
     return 1.0 - 2.0 * discordant / pairs
+
+
+def compared_part(order: Sequence[int], reranked: int, k: int = 10) -> tuple[int, ...]:
+    """The part of a final order worth comparing: the reranked hits, and at least the first `k` shown.
+
+    The rest of the window follows the prior unchanged; counted in, its always-concordant pairs would
+    pull every Kendall tau towards 1 and hide how much the reranked hits moved.
+    """
+    return tuple(order[: max(reranked, k)])

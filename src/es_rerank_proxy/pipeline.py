@@ -21,7 +21,7 @@ from multidict import CIMultiDictProxy
 from . import blend, canary, http_io, msearch, page, passthrough, search
 from .config import Config
 from .errors import UpstreamError
-from .order_stats import mean_position_change
+from .order_stats import compared_part, mean_position_change
 from .record import SearchRecord
 from .scoring import ScoreDoc, Scorer
 from .settings import Settings
@@ -291,7 +291,8 @@ class SearchPipeline:
         explanations = [c.as_explanation() for c in ranking.components] if explain else None
         answer = page.build_page(es_response, ranking.order, ranking.scores, plan, explanations)
         if outcome == "applied":
-            record.orders.append(ranking.order)
+            reranked = sum(1 for item in ranking.components if item.rerank is not None)
+            record.orders.append(compared_part(ranking.order, reranked))
             record.moved_top10 = mean_position_change(ranking.order)
         return Reranked(answer, outcome, reason)
 

@@ -26,7 +26,7 @@ class SearchRecord:
     cache_hits: int = 0
     cache_misses: int = 0
     moved_top10: float | None = None
-    orders: list[tuple[int, ...]] = field(default_factory=list)  # final orders of the reranked windows
+    orders: list[tuple[int, ...]] = field(default_factory=list)  # order_stats.compared_part of each
     searches: int = 1
     started: float = field(default_factory=time.perf_counter)
 
