@@ -390,12 +390,11 @@ SHADOW_FIELDS = {"_source": False, "fields": ["title", "abstract", "published", 
 
 
 @pytest.mark.parametrize(
-    ("body", "params", "depth", "shadow_body", "shadow_params"),
+    ("body", "params", "shadow_body", "shadow_params"),
     [
         pytest.param(
             {**DECIDING, "from": 10, "size": 10},
             {"routing": "a", "preference": "_local"},
-            100,
             {**DECIDING, "from": 0, "size": 100, **SHADOW_FIELDS, "track_total_hits": False},
             {"routing": "a", "preference": "_local"},
             id="what decides the hits and their order is kept",
@@ -417,7 +416,6 @@ SHADOW_FIELDS = {"_source": False, "fields": ["title", "abstract", "published", 
                 "stats": ["group"],
             },
             {},
-            100,
             {"query": MATCH, "size": 100, **SHADOW_FIELDS, "track_total_hits": False},
             {},
             id="what only shapes the answer is dropped",
@@ -432,22 +430,20 @@ SHADOW_FIELDS = {"_source": False, "fields": ["title", "abstract", "published", 
                 "typed_keys": "true",
                 "rest_total_hits_as_int": "true",
             },
-            20,
             {"query": MATCH, **SHADOW_FIELDS, "track_total_hits": False},
-            {"size": "20", "q": "title:deep"},
-            id="URL params likewise; the size goes where the client put it",
+            {"size": "100", "q": "title:deep"},
+            id="URL params likewise; the window's size stays where the client put it",
         ),
     ],
 )
 def test_shadow_recall_asks_only_for_what_decides_the_order(
     body: dict[str, object],
     params: dict[str, str],
-    depth: int,
     shadow_body: dict[str, object],
     shadow_params: dict[str, str],
 ) -> None:
     live = ok(plan(body, params))
-    shadow = shadow_plan(live, NEEDED, depth)
+    shadow = shadow_plan(live, NEEDED)
     assert orjson.loads(shadow.recall_body) == shadow_body
     assert shadow.recall_params == shadow_params
     assert (shadow.query_text, shadow.client_from, shadow.client_size) == (

@@ -19,7 +19,6 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from . import blend, canary, http_io, msearch, page, passthrough, search
-from .config import Config
 from .errors import UpstreamError
 from .order_stats import compared_part, mean_position_change
 from .record import SearchRecord
@@ -78,7 +77,7 @@ class SearchPipeline:
     settings: Callable[[], Settings]
     observe: Observer = field(default=lambda record: None)
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
-    # Shadow work is handed to this; it answers False when it dropped the work (capacity full).
+    # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
     start_shadow: StartShadow | None = None
 
     async def handle(self, request: web.Request, endpoint: search.SearchEndpoint) -> web.StreamResponse:
@@ -204,7 +203,7 @@ class SearchPipeline:
         if isinstance(plan, search.Bypass):
             return plan
         if shadow:
-            plan = search.shadow_plan(plan, settings.needed, _shadow_depth(settings.config))
+            plan = search.shadow_plan(plan, settings.needed)
         record.query_text = plan.query_text
         path = meta.raw_path + http_io.query_string(plan.recall_params)
         recalled = await self._recall(meta, path, plan.recall_body, record)
@@ -323,15 +322,12 @@ class SearchPipeline:
             return search.Bypass(_summarise(reasons))
         if shadow:
             # Only the searches a rerank would change are worth Elasticsearch's time again.
-            depth = _shadow_depth(settings.config)
-            items = [
-                item for item, plan in zip(items, plans, strict=True) if isinstance(plan, search.SearchPlan)
-            ]
-            plans = [
-                search.shadow_plan(plan, settings.needed, depth)
-                for plan in plans
+            eligible = [
+                (item, search.shadow_plan(plan, settings.needed))
+                for item, plan in zip(items, plans, strict=True)
                 if isinstance(plan, search.SearchPlan)
             ]
+            items, plans = [item for item, _ in eligible], [plan for _, plan in eligible]
             reasons = [""] * len(plans)
         lines = [
             (item.header_raw, item.body_raw if isinstance(plan, search.Bypass) else plan.recall_body)
@@ -396,12 +392,6 @@ class SearchPipeline:
         if refusal is not None:
             record.outcome, record.reason = "dropped", refusal
             self._finish(record)
-
-
-def _shadow_depth(config: Config) -> int:
-    # The whole window, as live: BM25 is min-maxed over it, so even its last hit sets every candidate's
-    # `bm25`, and with recency or citation weights any hit of it may become a candidate.
-    return config.rerank.window
 
 
 def _hits_list(response: object) -> list[dict[str, object]] | None:

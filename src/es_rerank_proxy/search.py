@@ -214,19 +214,17 @@ def plan_parsed(
     )
 
 
-def shadow_plan(plan: SearchPlan, needed: NeededFields, depth: int) -> SearchPlan:
-    """The recall a shadow rerank needs: the same hits in the same order, `depth` of them, needed fields only.
+def shadow_plan(plan: SearchPlan, needed: NeededFields) -> SearchPlan:
+    """The recall a shadow rerank needs: the same window in the same order, with the needed fields only.
 
-    A shadow's answer has already gone out, so `_source`, highlights, aggregations, suggestions and the
+    The window stays whole, as live: BM25 is min-maxed over it, so even its last hit sets every
+    candidate's `bm25`, and with recency or citation weights any of its hits may become a candidate. But
+    a shadow's answer has already gone out, so `_source`, highlights, aggregations, suggestions and the
     total are work Elasticsearch would do for nothing; none of them changes which hits match or their order.
     """
     body = {key: value for key, value in orjson.loads(plan.recall_body).items() if key not in _SHADOW_UNREAD}
     body.update({"_source": False, "fields": list(needed.names()), "track_total_hits": False})
     params = {name: value for name, value in plan.recall_params.items() if name not in _SHADOW_UNREAD_PARAMS}
-    if "size" in params:
-        params["size"] = str(depth)
-    if "size" in body or "size" not in params:
-        body["size"] = depth
     return replace(plan, recall_body=orjson.dumps(body), recall_params=params, added_fields=())
 
 
