@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .config import Config
 from .search import NeededFields, SearchPlan
 
 
@@ -84,6 +85,12 @@ def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> st
     if text and "\ud800" <= text[-1] <= "\udbff":
         text = text[:-1]
     return text
+
+
+def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
+    """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
+    data = hit_data(hit, texts)
+    return document_text(data, config.rerank.max_doc_chars, labelled=config.reranker.labels_documents)
 
 
 def _label(name: str) -> str:

@@ -268,11 +268,7 @@ class SearchPipeline:
             docs = [
                 ScoreDoc(
                     doc_id=f"{hits[i].get('_index', '')}/{hits[i].get('_id', '')}",
-                    text=page.document_text(
-                        page.hit_data(hits[i], settings.texts),
-                        config.rerank.max_doc_chars,
-                        labelled=config.reranker.labels_documents,
-                    ),
+                    text=page.model_text(hits[i], settings.texts, config),
                 )
                 for i in prior.candidates
             ]

@@ -22,7 +22,7 @@ from . import search
 from .config import Config
 from .embeddings import EmbeddingsClient
 from .errors import ProxyError, UpstreamError
-from .page import document_text, hit_data
+from .page import model_text
 from .progress import ProgressBar
 from .runtime import Runtime
 
@@ -83,11 +83,7 @@ async def warm_index(
                 hits = hits[: max(0, limit - seen)]
             if not hits:
                 break
-            labelled = config.reranker.labels_documents
-            texts = [
-                document_text(hit_data(hit, needed), config.rerank.max_doc_chars, labelled=labelled)
-                for hit in hits
-            ]
+            texts = [model_text(hit, needed, config) for hit in hits]
             embedded += await embedder.warm(url, [text for text in texts if text])
             seen += len(hits)
             if progress is not None:
