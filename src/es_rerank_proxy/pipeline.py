@@ -18,11 +18,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from . import blend, canary, http_io, msearch, page, passthrough, search
+from . import canary, http_io, msearch, passthrough, rerank_step, search
 from .errors import UpstreamError
-from .order_stats import compared_part, mean_position_change
 from .record import SearchRecord
-from .scoring import ScoreDoc, Scorer
+from .scoring import Scorer
 from .settings import Settings
 from .upstream import Elasticsearch
 
@@ -30,13 +29,6 @@ log = logging.getLogger(__name__)
 
 RERANK_HEADER = "X-Rerank"
 REASON_HEADER = "X-Rerank-Reason"
-
-
-@dataclass(slots=True)
-class Reranked:
-    page: dict[str, object]
-    outcome: str
-    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +202,13 @@ class SearchPipeline:
         if not isinstance(recalled, tuple):
             return recalled
         es_headers, es_response = recalled
-        if _hits_list(es_response) is None:
+        if rerank_step.hits_list(es_response) is None:
             # Not the answer shape we know how to keep exact: ask again with the client's own request.
             return search.Bypass("unexpected_response")
-        reranked = await self._rerank(es_response, plan, settings, meta.explain, record)
-        if not _hits_list(es_response):
+        reranked = await rerank_step.rerank_window(
+            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+        )
+        if not rerank_step.hits_list(es_response):
             # Nothing to rerank, but the window still has to be cut back to the client's page.
             reranked.outcome, reranked.reason = "skipped", "no_hits"
         record.outcome, record.reason = reranked.outcome, reranked.reason
@@ -245,51 +239,6 @@ class SearchPipeline:
         if parsed is None:
             return search.Bypass("unexpected_response")
         return headers, parsed
-
-    async def _rerank(
-        self,
-        es_response: dict[str, object],
-        plan: search.SearchPlan,
-        settings: Settings,
-        explain: bool,
-        record: SearchRecord,
-    ) -> Reranked:
-        config = settings.config
-        hits = _hits_list(es_response) or []
-        data = [page.hit_data(hit, settings.features) for hit in hits]
-        features = [
-            blend.HitFeatures(es_score=_score_of(hit), date=item.date, citations=item.citations)
-            for hit, item in zip(hits, data, strict=True)
-        ]
-        prior = blend.plan_prior(features, config.blend, config.rerank.top_n, self.wall_clock())
-        scores: dict[int, float] | None = None
-        outcome, reason = "applied", None
-        if prior.candidates:
-            docs = [
-                ScoreDoc(
-                    doc_id=f"{hits[i].get('_index', '')}/{hits[i].get('_id', '')}",
-                    text=page.model_text(hits[i], settings.texts, config),
-                )
-                for i in prior.candidates
-            ]
-            started = time.perf_counter()
-            result = await self.scorer.score(plan.query_text, docs, config.reranker.timeout_ms / 1000)
-            record.rerank_s = max(record.rerank_s, time.perf_counter() - started)
-            record.documents_sent += result.cache_misses
-            record.cache_hits += result.cache_hits
-            record.cache_misses += result.cache_misses
-            if result.scores is None:
-                outcome, reason = "degraded", result.reason or "unavailable"
-            else:
-                scores = {prior.candidates[position]: score for position, score in result.scores.items()}
-        ranking = blend.rank(prior, scores, config.blend)
-        explanations = [c.as_explanation() for c in ranking.components] if explain else None
-        answer = page.build_page(es_response, ranking.order, ranking.scores, plan, explanations)
-        if outcome == "applied":
-            reranked = sum(1 for item in ranking.components if item.rerank is not None)
-            record.orders.append(compared_part(ranking.order, reranked))
-            record.moved_top10 = mean_position_change(ranking.order)
-        return Reranked(answer, outcome, reason)
 
     # --- _msearch ------------------------------------------------------------------------------------
 
@@ -338,17 +287,20 @@ class SearchPipeline:
         responses = parsed.get("responses")
         if not isinstance(responses, list) or len(responses) != len(plans):
             return search.Bypass("unexpected_response")
-        jobs: dict[int, asyncio.Task[Reranked]] = {}
+        jobs: dict[int, asyncio.Task[rerank_step.Reranked]] = {}
         for i, plan in enumerate(plans):
+            if not isinstance(plan, search.SearchPlan):
+                continue
             answer = responses[i]
-            if isinstance(plan, search.SearchPlan) and isinstance(answer, dict) and _hits_list(answer):
-                jobs[i] = asyncio.ensure_future(self._rerank(answer, plan, settings, meta.explain, record))
-            elif (
-                isinstance(plan, search.SearchPlan) and isinstance(answer, dict) and _hits_list(answer) == []
-            ):
-                reasons[i] = "no_hits"
-            elif isinstance(plan, search.SearchPlan):
-                reasons[i] = "elasticsearch_error"  # this search's own error keeps its place unchanged
+            window = rerank_step.hits_list(answer)
+            if window and isinstance(answer, dict):
+                jobs[i] = asyncio.ensure_future(
+                    rerank_step.rerank_window(
+                        answer, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+                    )
+                )
+            else:  # nothing to rerank; this search's own error keeps its place unchanged
+                reasons[i] = "no_hits" if window == [] else "elasticsearch_error"
         outcomes = ["skipped"] * len(plans)
         for i, job in jobs.items():
             reranked = await job
@@ -388,17 +340,6 @@ class SearchPipeline:
         if refusal is not None:
             record.outcome, record.reason = "dropped", refusal
             self._finish(record)
-
-
-def _hits_list(response: object) -> list[dict[str, object]] | None:
-    hits = response.get("hits") if isinstance(response, dict) else None
-    inner = hits.get("hits") if isinstance(hits, dict) else None
-    return inner if isinstance(inner, list) else None
-
-
-def _score_of(hit: dict[str, object]) -> float | None:
-    score = hit.get("_score")
-    return float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
 
 
 def _summarise(reasons: Sequence[str]) -> str:
