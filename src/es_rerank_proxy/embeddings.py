@@ -23,7 +23,13 @@ import orjson
 
 from .config import RerankerConfig
 from .errors import Overloaded, RerankerBadResponse, RerankerError, RerankerTimeout
-from .reranker import ModelServerBadResponse, ModelServerUnavailable, call_model_server, parse_error
+from .reranker import (
+    ModelServerBadResponse,
+    ModelServerUnavailable,
+    call_model_server,
+    model_headers,
+    parse_error,
+)
 from .resilience import Clock, Deadline, TTLCache
 from .vectors import Vector, dot, parse_embeddings, to_unit_interval, unit
 
@@ -110,9 +116,7 @@ class EmbeddingsClient:
         self._max_concurrency = max_concurrency
         self._max_queued = max_queued
         self._request_timeout_s = request_timeout_s
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if cfg.api_key:
-            self._headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._headers = model_headers(cfg)
         self._vectors: TTLCache[_DocKey, Vector] = TTLCache(max_vectors, _NO_EXPIRY, clock=clock)
         self._queries: TTLCache[_QueryKey, Vector] = TTLCache(_QUERY_CACHE_ENTRIES, _NO_EXPIRY, clock=clock)
         self._pending: dict[_DocKey, asyncio.Future[Vector]] = {}  # queued or being embedded

@@ -276,9 +276,7 @@ class RerankerClient:
         self._session = session
         self._cfg = cfg
         self._instruction = instruction
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if cfg.api_key:
-            self._headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._headers = model_headers(cfg)
 
     @property
     def config(self) -> RerankerConfig:
@@ -328,6 +326,14 @@ class RerankerClient:
         self, method: str, url: str, path: str, timeout_s: float, data: bytes | None
     ) -> tuple[int, bytes]:
         return await call_model_server(self._session, method, url, path, data, self._headers, timeout_s)
+
+
+def model_headers(cfg: RerankerConfig) -> dict[str, str]:
+    """JSON both ways, and the API key as a Bearer token when one is configured."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if cfg.api_key:
+        headers["Authorization"] = f"Bearer {cfg.api_key}"
+    return headers
 
 
 async def call_model_server(
