@@ -489,3 +489,26 @@ def test_normalise_rerank_spreads_uncalibrated_scores_over_zero_to_one() -> None
     ranked = rank(plan_prior(hits, normalised, 3, NOW), scores, normalised)
     assert ranked.order == (1, 2, 0), "0.7 x 0.5 for hit 2 now beats 0.3 x 1.0 of BM25 for hit 0"
     assert [ranked.components[i].rerank for i in (0, 1, 2)] == pytest.approx([0.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected_rerank", "expected_order"),
+    [
+        # All three cosines sit low in e5's range: BM25's order stands, where min-max would overturn it.
+        ({0: 0.880, 1: 0.881, 2: 0.882}, [0.05, 0.06, 0.07], (0, 1, 2)),
+        # One clearly closer passage rises past a BM25 lead.
+        ({0: 0.880, 1: 0.960, 2: 0.882}, [0.05, 0.85, 0.07], (1, 0, 2)),
+        # Scores outside the range are clipped to 0 and 1, never past them.
+        ({0: 0.500, 1: 0.999, 2: 0.900}, [0.0, 1.0, 0.25], (1, 2, 0)),
+    ],
+)
+def test_rerank_range_maps_model_scores_on_a_fixed_scale(
+    scores: dict[int, float], expected_rerank: list[float], expected_order: tuple[int, ...]
+) -> None:
+    hits = [HitFeatures(es_score=s, date=None, citations=None) for s in (10.0, 9.0, 1.0)]
+    config = BlendConfig(
+        weights=BlendWeights(rerank=0.85, bm25=0.15, recency=0.0, citations=0.0), rerank_range=(0.875, 0.975)
+    )
+    ranked = rank(plan_prior(hits, config, 3, NOW), scores, config)
+    assert [ranked.components[i].rerank for i in (0, 1, 2)] == pytest.approx(expected_rerank)
+    assert ranked.order == expected_order

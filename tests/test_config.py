@@ -94,6 +94,19 @@ def test_url_may_be_a_single_string_or_a_list() -> None:
             {"blend": {"weights": {"rerank": 0, "bm25": 0, "recency": 0, "citations": 0}}},
             "blend.weights: at least one weight must be > 0",
         ),
+        (
+            {"blend": {"rerank_range": [0.9]}},
+            "blend.rerank_range: expected [low, high] with low < high, got [0.9]",
+        ),
+        ({"blend": {"rerank_range": [0.9, 0.8]}}, "blend.rerank_range: expected [low, high] with low < high"),
+        (
+            {"blend": {"rerank_range": [0.8, 1.5]}},
+            "blend.rerank_range[1]: expected a number from 0 to 1, got 1.5",
+        ),
+        (
+            {"blend": {"rerank_range": [0.8, 0.9], "normalise_rerank": True}},
+            "blend.rerank_range: cannot be combined with blend.normalise_rerank",
+        ),
         ({"rerank": {"window": 10, "top_n": 20}}, "rerank.window: must be >= rerank.top_n (20), got 10"),
         ({"rerank": {"windw": 10}}, "rerank.windw: unknown key"),
         ({"surprise": {}}, "surprise: unknown key"),

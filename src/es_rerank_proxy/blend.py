@@ -8,7 +8,8 @@ Every hit of the recall window gets components in [0, 1]:
     citations = min(1, log1p(count) / log1p(citations.saturation))   (no usable count: 0)
     rerank    = the model's relevance probability (only for the candidates it scored); with
                 blend.normalise_rerank, min-max normalised over those candidates (for scores that are
-                not calibrated probabilities, such as embedding cosines)
+                not calibrated probabilities, such as embedding cosines); with blend.rerank_range
+                [low, high], (score - low) / (high - low) clipped to [0, 1] instead
 
 and two weighted sums (weights as configured, not divided by their total):
 
@@ -140,6 +141,9 @@ def rank(prior: Prior, rerank_scores: Mapping[int, float] | None, blend: BlendCo
         answered[index] = min(1.0, max(0.0, float(score)))
     if blend.normalise_rerank:
         answered = dict(zip(answered, _normalise_scores(list(answered.values())), strict=True))
+    elif blend.rerank_range:
+        low, high = blend.rerank_range
+        answered = {index: min(1.0, max(0.0, (s - low) / (high - low))) for index, s in answered.items()}
     scored = list(answered)
     for index, rerank_value in answered.items():
         old = components[index]

@@ -143,6 +143,9 @@ class BlendConfig:
     # Min-max the model's scores over the reranked hits: for scores that are not calibrated
     # probabilities (embedding cosines); Qwen3-Reranker's probabilities need no such step.
     normalise_rerank: bool = False
+    # [low, high]: model scores mapped linearly to [0, 1] and clipped; empty: used as they are. A fixed
+    # scale keeps "all candidates about equally relevant" visible, which min-max over them hides.
+    rerank_range: tuple[float, ...] = field(default=(), metadata={"min": 0, "max": 1})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,6 +255,11 @@ def _check_relations(config: Config) -> None:
     weights = config.blend.weights
     if weights.rerank + weights.bm25 + weights.recency + weights.citations <= 0:
         raise ConfigError("blend.weights: at least one weight must be > 0, all are 0")
+    scale = config.blend.rerank_range
+    if scale and (len(scale) != 2 or scale[0] >= scale[1]):
+        raise ConfigError(f"blend.rerank_range: expected [low, high] with low < high, got {list(scale)}")
+    if scale and config.blend.normalise_rerank:
+        raise ConfigError("blend.rerank_range: cannot be combined with blend.normalise_rerank: true; set one")
     for section, urls in (
         ("elasticsearch.url", config.elasticsearch.url),
         ("reranker.url", config.reranker.url),
