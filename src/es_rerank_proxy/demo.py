@@ -194,6 +194,9 @@ async def warm_candidates(runtime: Runtime, es_url: str, candidates: Sequence[st
     config = runtime.config
     assert isinstance(runtime.client, EmbeddingsClient)
     top_n = config.rerank.top_n
+    # The model server embeds one batch at a time: the self-test's probes, queued behind warming's
+    # batches of long passages, would time out and report a healthy model as failed.
+    await asyncio.wait_for(runtime.self_test_finished.wait(), timeout=60)
     _say(f"warming the vectors of {len(candidates)} documents (BM25 top {top_n} per query) ...")
     started = time.monotonic()
     bar = ProgressBar(sys.stderr)

@@ -54,6 +54,8 @@ class Runtime:
         self.last_reload_error: str | None = None
         self.metrics = Metrics(registry or CollectorRegistry())
         self.self_test_results: dict[str, SelfTestResult] = {}
+        # Set while no self-test is under way: warming waits for it (see demo.warm_candidates).
+        self.self_test_finished = asyncio.Event()
         self._wall_clock = wall_clock
         self._run_self_test = self_test
         self._search_log = logging.getLogger(SEARCH_LOGGER)
@@ -92,8 +94,7 @@ class Runtime:
         )
         self.metrics.track_scorer(lambda: self.scorer.in_flight, lambda: self.scorer.breaker_states())
         self.metrics.track_elasticsearch(lambda: self.es.in_flight)
-        if self._run_self_test:
-            self._spawn(self._self_test())
+        self._start_self_test()
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -122,8 +123,18 @@ class Runtime:
         )
         return client, scorer
 
+    def _start_self_test(self) -> None:
+        if not self._run_self_test:
+            self.self_test_finished.set()
+            return
+        self.self_test_finished.clear()
+        self._spawn(self._self_test())
+
     async def _self_test(self) -> None:
-        self.self_test_results = await check_reranker(self.client, self.config.reranker)
+        try:
+            self.self_test_results = await check_reranker(self.client, self.config.reranker)
+        finally:
+            self.self_test_finished.set()
 
     # --- observing searches ---------------------------------------------------------------------------
 
@@ -170,8 +181,7 @@ class Runtime:
         old_client, old_scorer = self.client, self.scorer
         self.client, self.scorer = self._build_scorer(config)
         self.pipeline.scorer = self.scorer
-        if self._run_self_test:
-            self._spawn(self._self_test())
+        self._start_self_test()
         # Searches already under way finish with the old scorer; close it once they must have.
         grace = 2 * self.config.reranker.timeout_ms / 1000 + 1.0
 
