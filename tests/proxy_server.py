@@ -58,15 +58,17 @@ async def running_proxy(
     admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
     await admin_runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", free_port())
-        admin_site = web.TCPSite(admin_runner, "127.0.0.1", free_port())
+        # Port 0: the kernel picks a free port at bind time. A port picked earlier by free_port() can be
+        # taken by another process's outgoing connection before the bind (seen on a busy CI machine).
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        admin_site = web.TCPSite(admin_runner, "127.0.0.1", 0)
         await site.start()
         await admin_site.start()
         if watch_s is not None:
             public[RUNTIME].start_watching(watch_s)
         yield RunningProxy(
-            url=site.name,
-            admin_url=admin_site.name,
+            url=f"http://127.0.0.1:{runner.addresses[0][1]}",
+            admin_url=f"http://127.0.0.1:{admin_runner.addresses[0][1]}",
             config=config,
             app=public,
             loop=asyncio.get_running_loop(),
