@@ -28,7 +28,7 @@ import orjson
 
 from es_rerank_proxy import demo
 from es_rerank_proxy.config import BlendConfig, BlendWeights
-from es_rerank_proxy.datasets import load_collection
+from es_rerank_proxy.datasets import judged_queries, load_collection
 from es_rerank_proxy.eval_run import run_evaluation
 from es_rerank_proxy.evaluation import compare
 from es_rerank_proxy.local_elasticsearch import free_port
@@ -69,9 +69,8 @@ def parse_weighting(text: str) -> BlendConfig:
 
 async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) -> dict[str, object]:
     collection = load_collection("scifact")
-    judged = [qid for qid in collection.queries if qid in collection.qrels][: args.queries]
-    queries = {qid: collection.queries[qid] for qid in judged}
-    qrels = {qid: collection.qrels[qid] for qid in judged}
+    queries = judged_queries(collection.queries, collection.qrels, args.queries)
+    qrels = {qid: collection.qrels[qid] for qid in queries}
     config = demo.demo_config(es_url, embeddings_url, args)
     async with aiohttp.ClientSession() as session:
         await demo.load_scifact(es_url, collection, session)

@@ -32,7 +32,7 @@ import orjson
 from es_rerank_proxy import demo
 from es_rerank_proxy.blend import HitFeatures, plan_prior, rank
 from es_rerank_proxy.config import BlendConfig, BlendWeights
-from es_rerank_proxy.datasets import load_collection, parse_qrels, parse_queries, read_lines
+from es_rerank_proxy.datasets import judged_queries, load_collection, parse_qrels, parse_queries, read_lines
 from es_rerank_proxy.evaluation import ndcg_at_k
 from es_rerank_proxy.local_elasticsearch import free_port
 
@@ -122,10 +122,9 @@ async def measure(args: argparse.Namespace, es_url: str, embeddings_url: str) ->
     train_qrels = parse_qrels(read_lines(DATA / "scifact-train-qrels.tsv.gz"), "train qrels")
     train_queries = parse_queries(read_lines(DATA / "scifact-train-queries.jsonl.gz"), "train queries")
     splits = {
-        "train": {qid: train_queries[qid] for qid in sorted(train_qrels, key=int)[: args.train_queries]},
-        "test": {qid: collection.queries[qid] for qid in collection.qrels if qid in collection.queries},
+        "train": judged_queries(train_queries, train_qrels, args.train_queries),
+        "test": judged_queries(collection.queries, collection.qrels, args.test_queries),
     }
-    splits["test"] = dict(list(splits["test"].items())[: args.test_queries])
     if set(splits["train"]) & set(splits["test"]):
         raise RuntimeError("train and test queries overlap")
     qrels = {**train_qrels, **collection.qrels}

@@ -14,6 +14,7 @@ from es_rerank_proxy.datasets import (
     DatasetError,
     IndexingError,
     index_collection,
+    judged_queries,
     load_collection,
     parse_qrels,
     parse_queries,
@@ -155,3 +156,15 @@ async def test_index_collection_refuses_an_existing_index_unless_recreate(
         await index_collection(es_url, index, scifact.corpus[3:5], session=session, recreate=True)
         async with session.get(f"{es_url}/{index}/_count") as response:
             assert (await response.json())["count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("limit", "expected"),
+    [(None, ["q3", "q1", "q4"]), (2, ["q3", "q1"]), (0, [])],
+)
+def test_judged_queries_keep_the_queries_order_and_skip_unjudged_ones(
+    limit: int | None, expected: list[str]
+) -> None:
+    queries = {"q3": "c", "q2": "b", "q1": "a", "q4": "d"}
+    qrels = {"q1": {"d1": 1}, "q4": {"d2": 1}, "q3": {"d3": 2}, "q9": {"d4": 1}}
+    assert judged_queries(queries, qrels, limit) == {qid: queries[qid] for qid in expected}

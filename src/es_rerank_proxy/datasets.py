@@ -125,6 +125,14 @@ def load_collection(name: str = "scifact") -> Collection:
     )
 
 
+def judged_queries(
+    queries: Mapping[str, str], qrels: Mapping[str, object], limit: int | None = None
+) -> dict[str, str]:
+    """The queries that have judgments (id -> text), in the queries' own order; the first `limit` of them."""
+    judged = [qid for qid in queries if qid in qrels][:limit]
+    return {qid: queries[qid] for qid in judged}
+
+
 def subset(
     collection: Collection,
     n_queries: int,
@@ -133,7 +141,7 @@ def subset(
 ) -> Collection:
     """The first `n_queries` judged queries, their judged documents and up to `candidates_per_query`
     of their given BM25 candidates; documents keep corpus order, so the result is deterministic."""
-    chosen = [qid for qid in collection.queries if qid in collection.qrels][:n_queries]
+    chosen = judged_queries(collection.queries, collection.qrels, n_queries)
     keep: set[str] = set()
     for qid in chosen:
         keep.update(collection.qrels[qid])

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .app import RUNTIME, create_admin_app, create_app, public_runner
 from .config import BlendConfig, Config, config_from_dict
-from .datasets import Collection, index_collection, load_collection
+from .datasets import Collection, index_collection, judged_queries, load_collection
 from .embeddings import EmbeddingsClient
 from .eval_report import format_table
 from .eval_run import default_body, run_evaluation
@@ -120,10 +120,10 @@ def local_services(data_dir: Path | None = None) -> Iterator[tuple[str, str]]:
 
 async def _demo(args: argparse.Namespace) -> None:
     collection = load_collection("scifact")
-    judged = [qid for qid in collection.queries if qid in collection.qrels]
-    chosen = judged if args.full else judged[: max(1, args.queries)]
-    queries = {qid: collection.queries[qid] for qid in chosen}
-    qrels = {qid: collection.qrels[qid] for qid in chosen}
+    queries = judged_queries(
+        collection.queries, collection.qrels, None if args.full else max(1, args.queries)
+    )
+    qrels = {qid: collection.qrels[qid] for qid in queries}
     with local_services(Path(args.data_dir) if args.data_dir else None) as (es_url, embeddings_url):
         config = demo_config(es_url, embeddings_url, args)
         async with aiohttp.ClientSession() as session:
