@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_fake_reranker.py --port 8000 --latency-ms 20
 
-It is tests/fake_reranker.py (the fake the tests use) served until SIGTERM or SIGINT. The request log
+It is tests/fakes/fake_reranker.py (the fake the tests use) served until SIGTERM or SIGINT. The request log
 the tests read is cleared every second, so a long soak does not grow this process's memory.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import web
-from tests.fake_reranker import FakeReranker, build_app
+from tests.fakes.fake_reranker import FakeReranker, build_app
 
 
 def _parse_args() -> argparse.Namespace:

@@ -26,12 +26,12 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from es_rerank_proxy import demo
 from es_rerank_proxy.config import BlendConfig, BlendWeights
-from es_rerank_proxy.datasets import judged_queries, load_collection
-from es_rerank_proxy.eval_run import run_evaluation
-from es_rerank_proxy.evaluation import compare
-from es_rerank_proxy.local_elasticsearch import free_port
+from es_rerank_proxy.tools import demo
+from es_rerank_proxy.tools.datasets import judged_queries, load_collection
+from es_rerank_proxy.tools.eval_run import run_evaluation
+from es_rerank_proxy.tools.evaluation import compare
+from es_rerank_proxy.tools.local_elasticsearch import free_port
 
 
 def parse_args() -> argparse.Namespace:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lib import corpus, load, services
 from bench_lib.phases import RECALL_INDEX, client_search, summarize
 from es_rerank_proxy.config import CanaryConfig
-from es_rerank_proxy.local_elasticsearch import free_port, wait_for_http
+from es_rerank_proxy.tools.local_elasticsearch import free_port, wait_for_http
 
 TOKEN = "bench-shadow"
 MODES = ("off", "shadow", "off")  # off before and after shadow: their mean cancels drift

@@ -1,4 +1,4 @@
-"""Rebuild src/es_rerank_proxy/data/ from ../shared/datasets: gzip -9, mtime 0, so the bytes are stable."""
+"""Rebuild src/es_rerank_proxy/tools/data/ from ../shared/datasets: gzip -9, mtime 0, so the bytes are stable."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES = {"corpus.jsonl": "corpus.jsonl.gz", "queries.jsonl": "queries.jsonl.gz", "qrels.tsv": "qrels.tsv.gz"}
 NOTE = """
 ## Packaging in es-rerank-proxy
-The three files ship in `src/es_rerank_proxy/data/` as `scifact-corpus.jsonl.gz`,
+The three files ship in `src/es_rerank_proxy/tools/data/` as `scifact-corpus.jsonl.gz`,
 `scifact-queries.jsonl.gz` and `scifact-qrels.tsv.gz`: the files above, byte for byte, compressed with gzip
 level 9, no file name and mtime 0 (so rebuilding gives identical bytes), by `scripts/make_dataset.py`. The
 sha256 values above are those of the uncompressed files.
@@ -21,7 +21,7 @@ Licence: queries and qrels CC BY 4.0; abstracts (corpus) ODC-By 1.0.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "datasets")
-    parser.add_argument("--out", type=Path, default=ROOT / "src" / "es_rerank_proxy" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "src" / "es_rerank_proxy" / "tools" / "data")
     parser.add_argument("--name", default="scifact")
     args = parser.parse_args()
     source = args.source / args.name

@@ -29,12 +29,18 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from es_rerank_proxy import demo
-from es_rerank_proxy.blend import HitFeatures, plan_prior, rank
 from es_rerank_proxy.config import BlendConfig, BlendWeights
-from es_rerank_proxy.datasets import judged_queries, load_collection, parse_qrels, parse_queries, read_lines
-from es_rerank_proxy.evaluation import ndcg_at_k
-from es_rerank_proxy.local_elasticsearch import free_port
+from es_rerank_proxy.search.blend import HitFeatures, plan_prior, rank
+from es_rerank_proxy.tools import demo
+from es_rerank_proxy.tools.datasets import (
+    judged_queries,
+    load_collection,
+    parse_qrels,
+    parse_queries,
+    read_lines,
+)
+from es_rerank_proxy.tools.evaluation import ndcg_at_k
+from es_rerank_proxy.tools.local_elasticsearch import free_port
 
 DATA = Path(__file__).resolve().parent / "data"
 RERANK_WEIGHTS = tuple(round(0.30 + 0.05 * step, 2) for step in range(15))

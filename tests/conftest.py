@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch, helpers
 
-from es_rerank_proxy.local_elasticsearch import run_noida
+from es_rerank_proxy.tools.local_elasticsearch import run_noida
 
-from .fake_reranker import FakeReranker, start_fake_reranker
-from .proxy_server import RunningProxy, make_config, proxy_in_thread
-from .threaded import in_thread
+from .fakes.fake_reranker import FakeReranker, start_fake_reranker
+from .fakes.proxy_server import RunningProxy, make_config, proxy_in_thread
+from .fakes.threaded import in_thread
 
 
 @pytest.fixture(scope="session")

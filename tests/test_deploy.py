@@ -440,7 +440,7 @@ def test_dockerfile_healthcheck_targets_the_admin_health_endpoint() -> None:
     assert "http://127.0.0.1:" in command and "/_rerank/health" in command
     assert f"'ES_RERANK_PROXY_ADMIN_PORT', '{config.admin.port}'" in command
     assert "curl" not in command, "slim images have no curl"
-    sources = (path.read_text(encoding="utf-8") for path in (ROOT / "src" / "es_rerank_proxy").glob("*.py"))
+    sources = (path.read_text(encoding="utf-8") for path in (ROOT / "src" / "es_rerank_proxy").rglob("*.py"))
     assert any('"/_rerank/health"' in source for source in sources), "the route the healthcheck calls exists"
 
 

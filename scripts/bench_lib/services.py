@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from es_rerank_proxy.local_elasticsearch import free_port, run_noida, stop_process_group, wait_for_http
+from es_rerank_proxy.tools.local_elasticsearch import free_port, run_noida, stop_process_group, wait_for_http
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "apt-get install -y nginx-light wrk"

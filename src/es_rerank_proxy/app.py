@@ -6,14 +6,15 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
-from . import debug_ui, passthrough, search, warm
-from .config import Config, config_to_dict
+from .admin import debug_ui, routes, warm
+from .config import Config
+from .edge import passthrough
 from .runtime import Runtime
+from .search.plan import classify_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    endpoint = search.classify_endpoint(request.method, request.rel_url.raw_path)
+    endpoint = classify_endpoint(request.method, request.rel_url.raw_path)
     if endpoint is None:
         runtime.metrics.passthrough.labels(request.method).inc()
         return await passthrough.forward(request, runtime.es)
@@ -55,42 +56,7 @@ def create_admin_app(public: web.Application) -> web.Application:
     """Health, readiness, metrics, config and debug: on the admin listener only, never the public one."""
     admin = web.Application()
     runtime = public[RUNTIME]
-
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def ready(_: web.Request) -> web.Response:
-        nodes = await runtime.es.reachable()
-        ok = any(nodes.values())
-        reranker = {
-            "breakers": runtime.scorer.breaker_states(),
-            "self_test": {
-                url: {"ok": r.ok, "detail": r.detail} for url, r in runtime.self_test_results.items()
-            },
-            "required": False,
-        }
-        body = {"ready": ok, "elasticsearch": nodes, "reranker": reranker}
-        return web.json_response(body, status=200 if ok else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=runtime.metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    async def effective_config(_: web.Request) -> web.Response:
-        loaded = datetime.fromtimestamp(runtime.loaded_at, timezone.utc).isoformat(timespec="seconds")
-        body = {
-            "path": runtime.config_path,
-            "loaded_at": loaded,
-            "last_reload_error": runtime.last_reload_error,
-            "config": config_to_dict(runtime.config),
-        }
-        return web.json_response(body)
-
-    admin.router.add_get("/_rerank/health", health)
-    admin.router.add_get("/_rerank/ready", ready)
-    admin.router.add_get("/_rerank/config", effective_config)
-    admin.router.add_get("/metrics", metrics)
+    routes.add_routes(admin, runtime)
     debug_ui.add_routes(admin, runtime)
     warm.add_routes(admin, runtime)
     return admin

@@ -14,11 +14,11 @@ import yaml
 
 from . import __version__
 from .config import Config, config_to_dict, load_config
-from .demo import add_demo_parser, run_demo
 from .errors import ConfigError
-from .eval_run import add_eval_parser, run_eval
-from .search_log import SEARCH_LOGGER
-from .warm import add_warm_parser, run_warm
+from .observe.search_log import SEARCH_LOGGER
+from .tools.demo import add_demo_parser, run_demo
+from .tools.eval_run import add_eval_parser, run_eval
+from .tools.warm_client import add_warm_parser, run_warm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def _setup_logging(config: Config) -> None:
 
 
 def _serve_with_local_elasticsearch(config: Config, path: str | None, data_dir: Path) -> None:
-    from .local_elasticsearch import run_noida
+    from .tools.local_elasticsearch import run_noida
 
     with run_noida(data_dir) as url:
         logging.getLogger(__name__).info("started noida-db as the local Elasticsearch at %s", url)

@@ -18,17 +18,17 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from .config import Config, RerankerConfig, load_config
+from .edge.upstream import Elasticsearch, create_session
 from .errors import ConfigError
-from .metrics import Metrics
-from .pipeline import SearchPipeline
-from .record import SearchRecord
-from .reranker import RerankerClient
-from .scoring import ScoreClient, Scorer
-from .search_log import SEARCH_LOGGER, log_search
-from .selftest import SelfTestResult, check_reranker
-from .settings import Settings
-from .shadow import ShadowLimits, ShadowRunner
-from .upstream import Elasticsearch, create_session
+from .model.reranker import RerankerClient
+from .model.scoring import ScoreClient, Scorer
+from .model.selftest import SelfTestResult, check_reranker
+from .observe.metrics import Metrics
+from .observe.record import SearchRecord
+from .observe.search_log import SEARCH_LOGGER, log_search
+from .rollout.shadow import ShadowLimits, ShadowRunner
+from .search.pipeline import SearchPipeline
+from .search.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class Runtime:
 
 def _model_client(session: aiohttp.ClientSession, cfg: RerankerConfig, instruction: str) -> ScoreClient:
     if cfg.api == "embeddings":
-        from .embeddings import EmbeddingsClient
+        from .model.embeddings import EmbeddingsClient
 
         return EmbeddingsClient(session, cfg)
     return RerankerClient(session, cfg, instruction)

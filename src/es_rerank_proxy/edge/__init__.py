@@ -1,0 +1,4 @@
+"""The HTTP edges: streaming pass-through, the Elasticsearch pool (TLS, rotation), bodies in and answers out.
+
+May import config and errors only; never search, model, rollout, admin, tools, app or cli.
+"""

@@ -1,0 +1,222 @@
+"""Building blocks for calling a fallible upstream within a budget: deadline, breaker, cache, single-flight.
+
+Every time-dependent piece takes a `clock` (monotonic seconds) so tests can drive time by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, Literal, TypeVar
+
+from ..config import BreakerConfig
+
+Clock = Callable[[], float]
+BreakerState = Literal["closed", "open", "half_open"]
+BreakerListener = Callable[[str, str, str], None]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Deadline:
+    """A time budget that started when the object was made."""
+
+    __slots__ = ("_clock", "_end")
+
+    def __init__(self, budget_s: float, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._end = clock() + max(0.0, budget_s)
+
+    def remaining(self) -> float:
+        """Seconds left, never negative."""
+        return max(0.0, self._end - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        """True once the budget is spent."""
+        return self._clock() >= self._end
+
+
+class CircuitBreaker:
+    """closed -> open after `failures` failures in `window_s`; open for `open_s`; then one probe at a time."""
+
+    def __init__(
+        self,
+        cfg: BreakerConfig,
+        *,
+        name: str,
+        clock: Clock = time.monotonic,
+        on_change: BreakerListener | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self.name = name
+        self._clock = clock
+        self._on_change = on_change
+        self._state: BreakerState = "closed"
+        self._failures: deque[float] = deque()
+        self._opened_at = 0.0
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker whose time is up reads as half_open."""
+        if self._state == "open" and self._clock() - self._opened_at >= self._cfg.open_s:
+            self._probe_in_flight = False
+            self._move("half_open")
+        return self._state
+
+    def allow(self) -> bool:
+        """May a call go out now? In half_open the first caller gets the probe; the rest are refused."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open" or self._probe_in_flight:
+            return False
+        self._probe_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        """A call succeeded: a successful probe closes the breaker and forgets old failures."""
+        if self.state == "half_open":
+            self._failures.clear()
+            self._probe_in_flight = False
+            self._move("closed")
+
+    def record_failure(self) -> None:
+        """A call failed: count it in the window (closed) or reopen (half_open)."""
+        state = self.state
+        now = self._clock()
+        if state == "half_open":
+            self._open(now)
+        elif state == "closed":
+            self._failures.append(now)
+            horizon = now - self._cfg.window_s
+            while self._failures and self._failures[0] <= horizon:
+                self._failures.popleft()
+            if len(self._failures) >= self._cfg.failures:
+                self._open(now)
+        # open: a late failure of a call started earlier changes nothing (the open timer is not extended).
+
+    def _open(self, now: float) -> None:
+        self._opened_at = now
+        self._probe_in_flight = False
+        self._failures.clear()
+        self._move("open")
+
+    def _move(self, new: BreakerState) -> None:
+        old, self._state = self._state, new
+        if old != new and self._on_change is not None:
+            self._on_change(self.name, old, new)
+
+
+class TTLCache(Generic[K, V]):
+    """An LRU cache of at most `max_entries` (0 disables it); entries expire `ttl_s` after being stored."""
+
+    def __init__(self, max_entries: int, ttl_s: float, *, clock: Clock = time.monotonic) -> None:
+        if max_entries < 0:
+            raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._clock = clock
+        self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        """The live value for `key` (and mark it recently used), or None."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if self._clock() >= expires:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        """Store `value`, evicting the least recently used entries beyond the bound."""
+        if self._max == 0:
+            return
+        self._data[key] = (self._clock() + self._ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._data.clear()
+
+    def __len__(self) -> int:
+        # Expired entries are dropped lazily, so this is an upper bound on the live entries.
+        return len(self._data)
+
+
+class SingleFlight(Generic[K, V]):
+    """Concurrent calls with one key share one run of the work; a caller may leave without stopping it."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
+        """Await the shared result for `key`, starting `factory()` if no call for `key` is under way."""
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.ensure_future(_await(factory))
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._finished, key))
+        # shield: a cancelled caller must not cancel the work the other callers still wait for.
+        return await asyncio.shield(task)
+
+    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            # Mark the exception retrieved: if every caller left, nobody else will look at it.
+            task.exception()
+
+    async def aclose(self) -> None:
+        """Cancel the work under way and wait until it has stopped."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _await(factory: Callable[[], Awaitable[V]]) -> V:
+    return await factory()
+
+
+class ConcurrencyLimit:
+    """A non-blocking count of work in flight: past the limit, callers degrade at once instead of queueing."""
+
+    __slots__ = ("_in_flight", "limit")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free; never waits."""
+        if self._in_flight >= self.limit:
+            return False
+        self._in_flight += 1
+        return True
+
+    def release(self) -> None:
+        """Give back a slot taken with `try_acquire`."""
+        if self._in_flight <= 0:
+            raise RuntimeError("release() without a matching try_acquire()")
+        self._in_flight -= 1

@@ -1,0 +1,317 @@
+"""The rerank step: cache, single-flight, concurrency limit, a breaker per URL, retries; all within a budget.
+
+`Scorer.score` never raises for a model failure: it returns `ScoreOutcome(scores=None, reason=...)` and the
+caller keeps Elasticsearch's order. Only cancellation of the caller propagates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from ..config import RerankerConfig
+from ..errors import (
+    CircuitOpen,
+    Overloaded,
+    RerankerBadResponse,
+    RerankerError,
+    RerankerTimeout,
+    RerankerUnavailable,
+)
+from .resilience import (
+    BreakerListener,
+    CircuitBreaker,
+    Clock,
+    ConcurrencyLimit,
+    Deadline,
+    SingleFlight,
+    TTLCache,
+)
+
+logger = logging.getLogger(__name__)
+
+# Statuses worth another try: the gateway or the server says "not now", not "never".
+_RETRY_STATUSES = frozenset({502, 503, 504})
+# Do not start another attempt with less budget than this left: it could not finish anyway.
+_MIN_ATTEMPT_S = 0.02
+_BACKOFF_BASE_S = 0.01
+_BACKOFF_MAX_S = 0.1
+# A backoff sleep never takes more than this share of the budget still left.
+_BACKOFF_SHARE = 0.25
+
+
+class ScoreClient(Protocol):
+    """What the scorer needs from the model server client (`reranker.RerankerClient` fits)."""
+
+    async def score(self, url: str, query: str, documents: Sequence[str], timeout_s: float) -> list[float]:
+        """One HTTP call: one score per document, in order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreDoc:
+    """A candidate: its id and the exact text that will be sent to the model."""
+
+    doc_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    """`scores` maps positions in the `docs` argument to scores; None (with `reason`) when degraded."""
+
+    scores: dict[int, float] | None
+    reason: str | None
+    cache_hits: int
+    cache_misses: int
+    model_calls: int
+    elapsed_s: float
+
+    @property
+    def degraded(self) -> bool:
+        return self.scores is None
+
+
+@dataclass(slots=True)
+class ScorerStats:
+    """Running totals for metrics."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    model_calls: int = 0
+    degraded: dict[str, int] = field(default_factory=dict)
+
+
+class _DocKey(NamedTuple):
+    doc_id: str
+    digest: bytes
+
+
+_CacheKey = tuple[str, str, str, bytes]  # model_key, query, doc_id, text digest
+_FlightKey = tuple[str, str, frozenset[_DocKey]]  # model_key, query, documents to score
+
+
+@dataclass(slots=True)
+class _Flight:
+    """Bookkeeping of one shared model call (only the caller that started it sees `calls` > 0)."""
+
+    calls: int = 0
+    last_error: RerankerError | None = None
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if not isinstance(exc, RerankerUnavailable):
+        return False
+    status = getattr(exc, "status", None)
+    return status is None or status in _RETRY_STATUSES
+
+
+class Scorer:
+    """Scores documents for a query with the model server, degrading instead of failing or running late."""
+
+    def __init__(
+        self,
+        client: ScoreClient,
+        cfg: RerankerConfig,
+        *,
+        model_key: str,
+        clock: Clock = time.monotonic,
+        on_breaker_change: BreakerListener | None = None,
+        rng: random.Random | None = None,
+        fill_grace_s: float | None = None,
+    ) -> None:
+        if not cfg.url:
+            raise ValueError("RerankerConfig.url: expected at least one URL")
+        self._client = client
+        self._cfg = cfg
+        self._model_key = model_key
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        # How long a model call may run past its caller's budget so that its answer still fills the cache.
+        self._grace_s = cfg.timeout_ms / 1000 if fill_grace_s is None else max(0.0, fill_grace_s)
+        self._urls = cfg.url
+        self._breakers = [
+            CircuitBreaker(cfg.breaker, name=url, clock=clock, on_change=on_breaker_change) for url in cfg.url
+        ]
+        self._next_url = 0
+        self._cache: TTLCache[_CacheKey, float] = TTLCache(
+            cfg.cache.max_entries, cfg.cache.ttl_s, clock=clock
+        )
+        self._flights: SingleFlight[_FlightKey, dict[_DocKey, float]] = SingleFlight()
+        self._limit = ConcurrencyLimit(cfg.max_concurrency)
+        self._closed = False
+        self.stats = ScorerStats()
+
+    @property
+    def in_flight(self) -> int:
+        """Model calls (shared flights) under way now."""
+        return self._limit.in_flight
+
+    def breaker_states(self) -> dict[str, str]:
+        """The breaker state of each model server URL."""
+        return {breaker.name: breaker.state for breaker in self._breakers}
+
+    async def aclose(self) -> None:
+        """Stop background model calls (those still filling the cache) and refuse new ones."""
+        self._closed = True
+        await self._flights.aclose()
+
+    async def score(self, query: str, docs: Sequence[ScoreDoc], budget_s: float) -> ScoreOutcome:
+        """Scores for `docs` by position, or a degraded outcome; returns within `budget_s` plus scheduling."""
+        started = self._clock()
+        deadline = Deadline(budget_s, self._clock)
+        keys = [_DocKey(doc.doc_id, _digest(doc.text)) for doc in docs]
+        scores: dict[int, float] = {}
+        missing: dict[_DocKey, str] = {}  # unique documents to send, in first-seen order
+        pending: list[int] = []
+        for pos, (doc, key) in enumerate(zip(docs, keys, strict=True)):
+            cached = self._cache.get((self._model_key, query, key.doc_id, key.digest))
+            if cached is None:
+                missing.setdefault(key, doc.text)
+                pending.append(pos)
+            else:
+                scores[pos] = cached
+        hits, misses = len(docs) - len(pending), len(pending)
+        self.stats.cache_hits += hits
+        self.stats.cache_misses += misses
+
+        def outcome(reason: str | None, calls: int = 0) -> ScoreOutcome:
+            if reason is not None:
+                self.stats.degraded[reason] = self.stats.degraded.get(reason, 0) + 1
+            return ScoreOutcome(
+                scores=None if reason is not None else scores,
+                reason=reason,
+                cache_hits=hits,
+                cache_misses=misses,
+                model_calls=calls,
+                elapsed_s=self._clock() - started,
+            )
+
+        if not missing:
+            return outcome(None)
+        if self._closed:
+            return outcome("unavailable")
+        if deadline.expired:
+            return outcome("timeout")
+
+        flight = _Flight()
+        flight_key: _FlightKey = (self._model_key, query, frozenset(missing))
+        try:
+            fresh = await asyncio.wait_for(
+                self._flights.run(flight_key, lambda: self._fetch(query, missing, deadline, flight)),
+                timeout=deadline.remaining(),
+            )
+        except asyncio.TimeoutError:
+            return outcome("timeout", flight.calls)
+        except RerankerError as exc:
+            return outcome(exc.reason, flight.calls)
+        except Exception:
+            # A bug in the client is still not a reason to fail the search.
+            logger.exception("reranker call failed unexpectedly")
+            return outcome("unavailable", flight.calls)
+        for pos in pending:
+            scores[pos] = fresh[keys[pos]]
+        return outcome(None, flight.calls)
+
+    async def _fetch(
+        self, query: str, missing: dict[_DocKey, str], deadline: Deadline, flight: _Flight
+    ) -> dict[_DocKey, float]:
+        """The shared work: one model call with retries; stores the answer even if the caller has left."""
+        if not self._limit.try_acquire():
+            raise Overloaded(f"{self._limit.limit} reranker calls already in flight")
+        try:
+            texts = list(missing.values())
+            retrying = AsyncRetrying(
+                sleep=asyncio.sleep,
+                retry=retry_if_exception(_is_retryable),
+                stop=lambda state: self._should_stop(state, deadline),
+                wait=lambda state: self._backoff(state, deadline),
+                reraise=True,
+            )
+            values: list[float] = []
+            async for attempt in retrying:
+                with attempt:
+                    values = await self._attempt(query, texts, deadline, flight)
+        finally:
+            self._limit.release()
+        fresh = dict(zip(missing, values, strict=True))
+        for key, value in fresh.items():
+            self._cache.put((self._model_key, query, key.doc_id, key.digest), value)
+        return fresh
+
+    def _should_stop(self, state: RetryCallState, deadline: Deadline) -> bool:
+        if state.attempt_number > self._cfg.retries:
+            return True
+        return deadline.remaining() - state.upcoming_sleep < _MIN_ATTEMPT_S
+
+    def _backoff(self, state: RetryCallState, deadline: Deadline) -> float:
+        """Exponential backoff with jitter, never more than a share of the budget left."""
+        step = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (state.attempt_number - 1))
+        jittered = step * (0.5 + 0.5 * self._rng.random())
+        return min(jittered, deadline.remaining() * _BACKOFF_SHARE)
+
+    def _pick(self) -> CircuitBreaker | None:
+        """The next URL in turn whose breaker lets a call through (spreads load, and retries move on)."""
+        count = len(self._breakers)
+        for offset in range(count):
+            index = (self._next_url + offset) % count
+            breaker = self._breakers[index]
+            if breaker.allow():
+                self._next_url = index + 1
+                return breaker
+        return None
+
+    async def _attempt(
+        self, query: str, texts: list[str], deadline: Deadline, flight: _Flight
+    ) -> list[float]:
+        timeout_s = deadline.remaining()
+        if timeout_s <= 0:
+            # Not retryable, so a retry loop can never spin here whatever the stop rule says.
+            raise RerankerTimeout("reranker budget spent before the call")
+        breaker = self._pick()
+        if breaker is None:
+            # On a retry, the failure that made us retry is the truer reason than the breakers.
+            raise flight.last_error or CircuitOpen("every reranker circuit is open")
+        url = breaker.name
+        flight.calls += 1
+        self.stats.model_calls += 1
+        try:
+            try:
+                # The client gets the budget as its timeout; the hard cap adds the cache-fill grace, so
+                # even a client that hangs forever is cut off.
+                values = await asyncio.wait_for(
+                    self._client.score(url, query, texts, timeout_s), timeout=timeout_s + self._grace_s
+                )
+            except asyncio.TimeoutError:
+                raise RerankerTimeout(f"{url}: no answer within {timeout_s:.3f}s") from None
+            if len(values) != len(texts) or not all(
+                isinstance(v, int | float) and math.isfinite(v) for v in values
+            ):
+                raise RerankerBadResponse(f"{url}: expected {len(texts)} finite scores")
+        except RerankerError as exc:
+            breaker.record_failure()
+            flight.last_error = exc
+            raise
+        except BaseException:
+            # Cancellation (shutdown) or a client bug: release a half-open probe all the same.
+            breaker.record_failure()
+            raise
+        if deadline.expired:
+            # Answered, but after the caller's budget: too slow to count as healthy (the cache keeps it).
+            breaker.record_failure()
+        else:
+            breaker.record_success()
+        return [float(v) for v in values]

@@ -1,0 +1,4 @@
+"""What a search leaves behind: Prometheus metrics, the per-search record, the JSON search log.
+
+May import rollout's order statistics, config and errors; never admin, tools, app or cli.
+"""

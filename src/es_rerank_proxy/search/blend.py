@@ -1,0 +1,305 @@
+"""Blend Elasticsearch's score, recency, citations and the reranker's relevance into one order.
+
+Every hit of the recall window gets components in [0, 1]:
+
+    bm25      = (s - min(s)) / (max(s) - min(s)) over the window's `_score`s (None counts as 0;
+                every hit gets 1.0 when all scores are equal)
+    recency   = 0.5 ** (age_days / recency.half_life_days)   (future dates: 1.0; no date: recency.missing)
+    citations = min(1, log1p(count) / log1p(citations.saturation))   (no usable count: 0)
+    rerank    = the model's relevance probability (only for the candidates it scored); with
+                blend.normalise_rerank, min-max normalised over those candidates (for scores that are
+                not calibrated probabilities, such as embedding cosines); with blend.rerank_range
+                [low, high], (score - low) / (high - low) clipped to [0, 1] instead
+
+and two weighted sums (weights as configured, not divided by their total):
+
+    prior = w.bm25 * bm25 + w.recency * recency + w.citations * citations
+    final = prior + w.rerank * rerank
+
+The `top_n` hits by prior are the candidates sent to the model. Scored candidates come first by
+`final`; every other hit follows by `prior`. With recency and citation weights 0 the prior order is
+Elasticsearch's own order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from ..config import BlendConfig, BlendWeights, CitationsConfig, RecencyConfig
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SECONDS_PER_DAY = 86_400.0
+# Elasticsearch's default date format, strict_date_optional_time: every part after the year is optional.
+_ISO_DATE = re.compile(
+    r"(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?:[T ](?P<hour>\d{2})(?::(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?)?"
+    r"(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?)?)?)?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HitFeatures:
+    """What blending needs from one hit: its `_score`, date value and citation value as found."""
+
+    es_score: float | None
+    date: object
+    citations: object
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """One hit's score components; `rerank` and `final` are None until the model has scored it."""
+
+    es_rank: int
+    es_score: float | None
+    rerank: float | None
+    bm25: float
+    recency: float
+    citations: float
+    prior: float
+    final: float | None
+
+    def as_explanation(self) -> dict[str, float | int | None]:
+        """The `_rerank` explanation object shown on a hit."""
+        return {
+            "es_rank": self.es_rank,
+            "es_score": self.es_score,
+            "rerank": self.rerank,
+            "bm25": self.bm25,
+            "recency": self.recency,
+            "citations": self.citations,
+            "prior": self.prior,
+            "final": self.final,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """Components per hit in Elasticsearch order, and the window indices to send to the model."""
+
+    components: tuple[Components, ...]
+    candidates: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """Window indices in final order, the `_score` to show per position, and components per window index."""
+
+    order: tuple[int, ...]
+    scores: tuple[float, ...]
+    components: tuple[Components, ...]
+
+
+def needs_model(blend: BlendConfig) -> bool:
+    """Whether the reranker's score counts at all; with weight 0 the model is never called."""
+    return blend.weights.rerank > 0
+
+
+def plan_prior(hits: Sequence[HitFeatures], blend: BlendConfig, top_n: int, now: datetime) -> Prior:
+    """Score every hit without the model and pick the `top_n` candidates by prior."""
+    weights = blend.weights
+    bm25 = _normalise_scores([hit.es_score for hit in hits])
+    components = []
+    for index, hit in enumerate(hits):
+        recency = recency_score(hit.date, blend.recency, now)
+        citations = citation_score(hit.citations, blend.citations)
+        prior = bm25[index] * weights.bm25 + recency * weights.recency + citations * weights.citations
+        components.append(
+            Components(
+                es_rank=index,
+                es_score=hit.es_score,
+                rerank=None,
+                bm25=bm25[index],
+                recency=recency,
+                citations=citations,
+                prior=prior,
+                final=None,
+            )
+        )
+    frozen = tuple(components)
+    if not needs_model(blend) or top_n <= 0:
+        return Prior(components=frozen, candidates=())
+    return Prior(components=frozen, candidates=tuple(_prior_order(frozen, weights)[:top_n]))
+
+
+def rank(prior: Prior, rerank_scores: Mapping[int, float] | None, blend: BlendConfig) -> Ranking:
+    """Final order: scored candidates by `final`, then every other hit by prior; display scores never rise."""
+    weights = blend.weights
+    components = list(prior.components)
+    prior_order = _prior_order(prior.components, weights)
+    prior_position = {index: position for position, index in enumerate(prior_order)}
+    given = rerank_scores or {}
+    answered: dict[int, float] = {}
+    for index in prior.candidates:
+        score = given.get(index)
+        if score is None or not math.isfinite(score) or not 0 <= index < len(components) or index in answered:
+            continue  # a candidate the model did not answer for is ranked as if never sent
+        answered[index] = min(1.0, max(0.0, float(score)))
+    if blend.normalise_rerank:
+        answered = dict(zip(answered, _normalise_scores(list(answered.values())), strict=True))
+    elif blend.rerank_range:
+        low, high = blend.rerank_range
+        answered = {index: min(1.0, max(0.0, (s - low) / (high - low))) for index, s in answered.items()}
+    scored = list(answered)
+    for index, rerank_value in answered.items():
+        old = components[index]
+        components[index] = Components(
+            es_rank=old.es_rank,
+            es_score=old.es_score,
+            rerank=rerank_value,
+            bm25=old.bm25,
+            recency=old.recency,
+            citations=old.citations,
+            prior=old.prior,
+            final=old.prior + rerank_value * weights.rerank,
+        )
+    scored.sort(key=lambda i: (-_final(components[i]), prior_position[i]))
+    scored_set = set(scored)
+    order = scored + [index for index in prior_order if index not in scored_set]
+    scores: list[float] = []
+    for index in order:
+        shown = _final(components[index]) if index in scored_set else components[index].prior
+        scores.append(min(shown, scores[-1]) if scores else shown)
+    return Ranking(order=tuple(order), scores=tuple(scores), components=tuple(components))
+
+
+def recency_score(value: object, recency: RecencyConfig, now: datetime) -> float:
+    """0.5 ** (age_days / half_life_days); future dates count as age 0, unusable dates as `missing`."""
+    when = parse_date(value)
+    if when is None:
+        return recency.missing
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    age_days = (now - when).total_seconds() / _SECONDS_PER_DAY
+    if age_days <= 0:
+        return 1.0
+    return float(0.5 ** (age_days / recency.half_life_days))
+
+
+def citation_score(value: object, citations: CitationsConfig) -> float:
+    """min(1, log1p(count) / log1p(saturation)); no usable count scores 0."""
+    count = parse_count(value)
+    if count is None:
+        return 0.0
+    return min(1.0, math.log1p(count) / math.log1p(citations.saturation))
+
+
+def parse_date(value: object) -> datetime | None:
+    """An aware UTC datetime from a date as Elasticsearch returns it (ISO, year, epoch millis), or None."""
+    value = _single(value)
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    if isinstance(value, int | float):
+        return _from_epoch_millis(float(value))
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    match = _ISO_DATE.fullmatch(text)
+    if match is not None:
+        return _from_iso_match(match)
+    # Elasticsearch's default format falls back to epoch_millis, so "1577836800000" is a date too.
+    number = _parse_number(text)
+    return None if number is None else _from_epoch_millis(number)
+
+
+def parse_count(value: object) -> float | None:
+    """A citation count from a number, numeric string or one-element list; None if unusable or negative."""
+    value = _single(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number: float | None = float(value)
+    elif isinstance(value, str):
+        number = _parse_number(value.strip())
+    else:
+        return None
+    if number is None or not math.isfinite(number) or number < 0:
+        return None
+    return number
+
+
+def _single(value: object) -> object:
+    # The `fields` API wraps every value in a list; several values are ambiguous, so they count as missing.
+    if isinstance(value, list | tuple):
+        return value[0] if len(value) == 1 else None
+    return value
+
+
+def _parse_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _from_epoch_millis(millis: float) -> datetime | None:
+    if not math.isfinite(millis):
+        return None
+    try:
+        return _EPOCH + timedelta(milliseconds=millis)
+    except OverflowError:
+        return None
+
+
+def _from_iso_match(match: re.Match[str]) -> datetime | None:
+    parts = match.groupdict()
+    fraction = (parts["fraction"] or "").ljust(6, "0")[:6]
+    try:
+        when = datetime(
+            int(parts["year"]),
+            int(parts["month"] or 1),
+            int(parts["day"] or 1),
+            int(parts["hour"] or 0),
+            int(parts["minute"] or 0),
+            int(parts["second"] or 0),
+            int(fraction),
+            tzinfo=_zone(parts["tz"]),
+        )
+        return when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _zone(text: str | None) -> timezone:
+    if text is None or text in ("Z", "z"):
+        return timezone.utc
+    digits = text[1:].replace(":", "")
+    if int(digits[2:] or 0) >= 60:
+        raise ValueError(f"bad offset minutes in {text!r}")
+    minutes = int(digits[:2]) * 60 + int(digits[2:] or 0)
+    # timezone() rejects offsets of 24h or more with ValueError, which the caller turns into None.
+    return timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
+
+
+def _normalise_scores(scores: Sequence[float | None]) -> list[float]:
+    values = [s if s is not None and math.isfinite(s) else 0.0 for s in scores]
+    if not values:
+        return []
+    low, high = min(values), max(values)
+    if high <= low:
+        return [1.0] * len(values)
+    if not math.isfinite(high - low):
+        # Halving keeps scores near the float limits from overflowing the span into inf / inf.
+        values, low, high = [v / 2 for v in values], low / 2, high / 2
+    span = high - low
+    return [min(1.0, max(0.0, (v - low) / span)) for v in values]
+
+
+def _prior_order(components: Sequence[Components], weights: BlendWeights) -> list[int]:
+    if weights.recency == 0 and weights.citations == 0:
+        # Only BM25 counts, and Elasticsearch has already ordered by it (ties, sorts and all).
+        return list(range(len(components)))
+    return sorted(range(len(components)), key=lambda i: -components[i].prior)
+
+
+def _final(components: Components) -> float:
+    return components.prior if components.final is None else components.final

@@ -1,0 +1,145 @@
+"""Reading hits and cutting the client's page from the reranked window, in Elasticsearch's exact shape."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..config import Config
+from .plan import NeededFields, SearchPlan
+
+
+@dataclass(frozen=True, slots=True)
+class HitData:
+    """What the pipeline reads from one hit: (field, text) pairs, and the raw date and citation values."""
+
+    texts: tuple[tuple[str, str], ...]
+    date: object
+    citations: object
+
+
+def hit_data(hit: Mapping[str, object], needed: NeededFields) -> HitData:
+    """The needed values of one hit, from `_source` (dotted paths) or else from `fields`."""
+    source = hit.get("_source")
+    fields = hit.get("fields")
+
+    def value(name: str) -> object:
+        if not isinstance(source, Mapping):
+            found = None
+        elif "." in name:
+            found = _source_value(source, name.split("."))
+        else:  # the common case, a top-level field: no path to walk
+            found = source.get(name)
+        if found is None and isinstance(fields, Mapping):
+            found = fields.get(name)
+        return found
+
+    texts: list[tuple[str, str]] = []
+    for name in needed.text_fields:
+        text = _text(value(name)) if name else ""
+        if text:
+            texts.append((name, text))
+    date = value(needed.date_field) if needed.date_field else None
+    citations = value(needed.citations_field) if needed.citations_field else None
+    return HitData(texts=tuple(texts), date=date, citations=citations)
+
+
+def _source_value(node: object, parts: Sequence[str]) -> object:
+    # `_source` may hold `{"a": {"b": 1}}`, `{"a.b": 1}` or a list of objects under `a`.
+    if not parts:
+        return node
+    if isinstance(node, list):
+        values: list[object] = []
+        for item in node:
+            found = _source_value(item, parts)
+            if isinstance(found, list):
+                values.extend(found)
+            elif found is not None:
+                values.append(found)
+        return values or None
+    if not isinstance(node, Mapping):
+        return None
+    for cut in range(len(parts), 0, -1):
+        key = ".".join(parts[:cut])
+        if key in node and (child := _source_value(node[key], parts[cut:])) is not None:
+            return child
+    return None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if isinstance(value, list):
+        return " ".join(text for text in (_text(item) for item in value) if text)
+    return ""
+
+
+def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> str:
+    """`Title: ...\\nAbstract: ...` (or the values alone, space-joined), cut to `max_chars` code points
+    (never leaving a lone surrogate)."""
+    if labelled:
+        joined = "\n".join(f"{_label(name)}: {text}" for name, text in data.texts)
+    else:
+        joined = " ".join(text for _, text in data.texts)
+    text = joined[: max(0, max_chars)]
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text = text[:-1]
+    return text
+
+
+def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
+    """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
+    data = hit_data(hit, texts)
+    return document_text(data, config.rerank.max_doc_chars, labelled=config.reranker.labels_documents)
+
+
+def _label(name: str) -> str:
+    label = name.replace("_", " ").replace(".", " ").strip()
+    return label[:1].upper() + label[1:]
+
+
+def build_page(
+    es_response: dict[str, object],
+    order: Sequence[int],
+    scores: Sequence[float],
+    plan: SearchPlan,
+    explanations: Sequence[Mapping[str, object]] | None,
+) -> dict[str, object]:
+    """The client's page cut from the reordered window, in ES's exact shape; the input is not modified.
+
+    Raises ValueError when the response has no `hits.hits` list (the caller then answers ES's own order).
+    """
+    hits = es_response.get("hits")
+    window = hits.get("hits") if isinstance(hits, dict) else None
+    if not isinstance(hits, dict) or not isinstance(window, list):
+        raise ValueError("Elasticsearch response has no hits.hits list")
+    stop = min(plan.client_from + plan.client_size, len(order))
+    page: list[object] = []
+    for position in range(plan.client_from, stop):
+        original = window[order[position]]
+        if not isinstance(original, dict):
+            raise ValueError(f"hit {order[position]} is not an object")
+        hit = dict(original)
+        hit["_score"] = scores[position]
+        _strip_fields(hit, plan.added_fields)
+        if explanations is not None:
+            hit["_rerank"] = dict(explanations[order[position]])
+        page.append(hit)
+    new_hits = dict(hits)
+    new_hits["hits"] = page
+    if order and new_hits.get("max_score") is not None:
+        new_hits["max_score"] = scores[0]
+    response = dict(es_response)
+    response["hits"] = new_hits
+    return response
+
+
+def _strip_fields(hit: dict[str, object], added: Sequence[str]) -> None:
+    fields = hit.get("fields")
+    if not added or not isinstance(fields, dict) or not any(name in fields for name in added):
+        return
+    kept = {name: value for name, value in fields.items() if name not in added}
+    if kept:
+        hit["fields"] = kept
+    else:
+        del hit["fields"]  # ES leaves `fields` out of a hit that has none

@@ -1,0 +1,86 @@
+"""One recalled window reranked: prior, the model's scores for the top candidates, final order, the page."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..model.scoring import ScoreDoc, Scorer
+from ..observe.record import SearchRecord
+from ..rollout.order_stats import compared_part, mean_position_change
+from . import blend, page
+from .plan import SearchPlan
+from .settings import Settings
+
+
+@dataclass(slots=True)
+class Reranked:
+    """The client's page cut from the reordered window, and whether the model's order was applied."""
+
+    page: dict[str, object]
+    outcome: str
+    reason: str | None
+
+
+async def rerank_window(
+    es_response: dict[str, object],
+    plan: SearchPlan,
+    settings: Settings,
+    scorer: Scorer,
+    now: datetime,
+    explain: bool,
+    record: SearchRecord,
+) -> Reranked:
+    """Blend one recalled window, with the model's scores for its top candidates when they come in time.
+
+    `record` collects the model time, cache counts and, when applied, the order for the shadow metrics.
+    """
+    config = settings.config
+    hits = hits_list(es_response) or []
+    data = [page.hit_data(hit, settings.features) for hit in hits]
+    features = [
+        blend.HitFeatures(es_score=_score_of(hit), date=item.date, citations=item.citations)
+        for hit, item in zip(hits, data, strict=True)
+    ]
+    prior = blend.plan_prior(features, config.blend, config.rerank.top_n, now)
+    scores: dict[int, float] | None = None
+    outcome, reason = "applied", None
+    if prior.candidates:
+        docs = [
+            ScoreDoc(
+                doc_id=f"{hits[i].get('_index', '')}/{hits[i].get('_id', '')}",
+                text=page.model_text(hits[i], settings.texts, config),
+            )
+            for i in prior.candidates
+        ]
+        started = time.perf_counter()
+        result = await scorer.score(plan.query_text, docs, config.reranker.timeout_ms / 1000)
+        record.rerank_s = max(record.rerank_s, time.perf_counter() - started)
+        record.documents_sent += result.cache_misses
+        record.cache_hits += result.cache_hits
+        record.cache_misses += result.cache_misses
+        if result.scores is None:
+            outcome, reason = "degraded", result.reason or "unavailable"
+        else:
+            scores = {prior.candidates[position]: score for position, score in result.scores.items()}
+    ranking = blend.rank(prior, scores, config.blend)
+    explanations = [c.as_explanation() for c in ranking.components] if explain else None
+    answer = page.build_page(es_response, ranking.order, ranking.scores, plan, explanations)
+    if outcome == "applied":
+        reranked = sum(1 for item in ranking.components if item.rerank is not None)
+        record.orders.append(compared_part(ranking.order, reranked))
+        record.moved_top10 = mean_position_change(ranking.order)
+    return Reranked(answer, outcome, reason)
+
+
+def hits_list(response: object) -> list[dict[str, object]] | None:
+    """`hits.hits` of a search response, or None when it has no such list."""
+    hits = response.get("hits") if isinstance(response, dict) else None
+    inner = hits.get("hits") if isinstance(hits, dict) else None
+    return inner if isinstance(inner, list) else None
+
+
+def _score_of(hit: dict[str, object]) -> float | None:
+    score = hit.get("_score")
+    return float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None

@@ -1,0 +1,1 @@
+"""Fake upstreams that are real servers, and the proxy run for tests."""
