@@ -204,3 +204,34 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("serve", "check-config"):
         assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("data", "leak"),
+    [
+        ({"canary": {"override_token": 31337421}}, "31337421"),
+        ({"reranker": {"api_key": ["sk-abc123"]}}, "sk-abc123"),
+        ({"elasticsearch": {"url": ["http://elastic:hunter22@es:9200"], "timeout_s": "slow"}}, "hunter22"),
+        ({"elasticsearch": {"url": [42, "http://elastic:hunter22@es:9200"]}}, "hunter22"),
+    ],
+)
+def test_a_rejected_config_never_echoes_a_secret(data: dict[str, Any], leak: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(data)
+    assert leak not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://es:9200", "http://es:9200"),
+        ("https://elastic:pw@es:9200/prefix", "https://***@es:9200/prefix"),
+        ("http://token@es", "http://***@es"),
+        ("http://es:9200/path@odd", "http://es:9200/path@odd"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url_hides_user_info_only(url: str, shown: str) -> None:
+    from es_rerank_proxy.config import redact_url
+
+    assert redact_url(url) == shown

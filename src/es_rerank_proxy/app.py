@@ -11,8 +11,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .admin import debug_ui, routes, warm
-from .config import Config
+from .config import Config, redact_url
 from .edge import passthrough
+from .edge.http_io import es_error
+from .edge.upstream import undecodable_header
 from .runtime import Runtime
 from .search.plan import classify_endpoint
 
@@ -45,6 +47,10 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    bad_header = undecodable_header(request.raw_headers)
+    if bad_header is not None:
+        # Forwarding it would silently drop bytes (a credential, a signature): refuse it instead, clearly.
+        return es_error(400, "illegal_argument_exception", f"header [{bad_header}] is not valid UTF-8")
     endpoint = classify_endpoint(request.method, request.rel_url.raw_path)
     if endpoint is None:
         runtime.metrics.passthrough.labels(request.method).inc()
@@ -100,8 +106,8 @@ async def serve(
             config.server.port,
             config.admin.host,
             config.admin.port,
-            ", ".join(config.elasticsearch.url),
-            ", ".join(config.reranker.url),
+            ", ".join(map(redact_url, config.elasticsearch.url)),
+            ", ".join(map(redact_url, config.reranker.url)),
         )
         if ready is not None:
             ready.set()

@@ -19,6 +19,7 @@ import yaml
 
 from .errors import ConfigError
 from .schema import apply_environment, build, describe, set_path
+from .schema import redact_url as redact_url  # re-exported: every part redacts URLs the same way
 
 ENV_PREFIX = "ES_RERANK_PROXY_"
 
@@ -72,6 +73,9 @@ class RerankConfig:
     max_doc_chars: int = field(default=2000, metadata=_min(1))
     instruction: str = DEFAULT_INSTRUCTION
     query_text_paths: tuple[str, ...] = ()
+    # Client-controlled sizes beyond these are forwarded untouched: Elasticsearch answers with its own limits.
+    max_query_depth: int = field(default=64, metadata=_min(2))
+    max_msearch_searches: int = field(default=100, metadata=_min(1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -243,6 +247,8 @@ def _to_plain(value: Any, mask: bool) -> Any:
         return out
     if isinstance(value, tuple):
         return [_to_plain(v, mask) for v in value]
+    if mask and isinstance(value, str):
+        return redact_url(value)
     return value
 
 

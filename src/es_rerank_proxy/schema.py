@@ -37,15 +37,31 @@ def build(cls: Any, data: Any, path: str) -> Any:
     return cls(**values)
 
 
-def describe(value: Any) -> str:
-    """How an error message shows a bad value."""
+def describe(value: Any, *, secret: bool = False) -> str:
+    """How an error message shows a bad value: never a secret's text, never a URL's credentials."""
     if value is None:
         return "nothing (null)"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    return repr(str(value) if isinstance(value, _EnvString) else value)
+    if secret:
+        return f"a {type(value).__name__} (value hidden: it is a secret)"
+    if isinstance(value, str):
+        return repr(redact_url(str(value)))
+    return repr(value)
+
+
+def redact_url(text: str) -> str:
+    """`text` with the user info of a URL (`user:password@`) replaced by `***@`; anything else unchanged."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority, slash, tail = rest.partition("/")
+    _, at, host = authority.rpartition("@")
+    if not at:
+        return text
+    return f"{scheme}://***@{host}{slash}{tail}"
 
 
 # --- environment ------------------------------------------------------------------------------------
@@ -94,6 +110,7 @@ def _resolved_hints(cls: Any) -> dict[str, Any]:
 
 
 def _convert(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
+    secret = bool(meta.get("secret"))
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         return build(typing.cast(type, hint), value, path)
@@ -130,7 +147,7 @@ def _convert(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:
         return _number(hint, value, path, meta)
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {describe(value)}")
+            raise ConfigError(f"{path}: expected a string, got {describe(value, secret=secret)}")
         return str(value)
     raise TypeError(f"unsupported config type at {path}: {hint}")  # pragma: no cover
 

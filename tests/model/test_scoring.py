@@ -216,7 +216,7 @@ async def test_disabled_cache_calls_every_time(make_scorer: MakeScorer) -> None:
         (fail(unavailable(503)), "unavailable"),
         (fail(RerankerTimeout("slow")), "timeout"),
         (fail(RerankerBadResponse("not json")), "bad_response"),
-        (fail(ValueError("client bug")), "unavailable"),
+        (fail(ValueError("client bug")), "proxy_error"),
         (answer, None),
     ],
     ids=["refused", "500", "503", "client-timeout", "bad-json", "client-bug", "ok"],

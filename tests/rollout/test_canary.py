@@ -61,7 +61,11 @@ RULES = compile_canary(
         ("10.0.0.1", "6.6.6.6, 198.51.100.7, 10.1.1.1", None, "198.51.100.7"),
         ("10.0.0.1", "198.51.100.7, 10.0.0.2,10.0.0.3", None, "198.51.100.7"),  # headers joined by ", "
         ("10.0.0.1", "10.0.0.9, 10.0.0.2", None, "10.0.0.9"),  # all trusted: where it entered
-        ("10.0.0.1", "unknown, 198.51.100.7, garbage", None, "198.51.100.7"),
+        # An unreadable hop ends the walk: left of it, no trusted proxy vouches for what was written.
+        ("10.0.0.1", "unknown, 198.51.100.7, garbage", None, "10.0.0.1"),
+        ("10.0.0.1", "6.6.6.6, unknown, 10.0.0.2", None, "10.0.0.2"),
+        ("10.0.0.1", "6.6.6.6, _hidden", None, "10.0.0.1"),
+        ("10.0.0.1", "garbage, 198.51.100.7", None, "198.51.100.7"),  # the client was found first
         ("10.0.0.1", "garbage, , 300.1.1.1", None, "10.0.0.1"),  # nothing usable: the peer
         ("10.0.0.1", "198.51.100.7:4711", None, "198.51.100.7"),
         ("10.0.0.1", "2001:db8::1", None, "2001:db8::1"),
@@ -82,8 +86,8 @@ RULES = compile_canary(
         ("10.0.0.1", None, "for=198.51.100.7;proto=https;by=10.0.0.1, for=10.0.0.2", "198.51.100.7"),
         ("10.0.0.1", None, "proto=https;for=198.51.100.7", "198.51.100.7"),
         ("10.0.0.1", None, "for=6.6.6.6, for=198.51.100.7;host=example.org", "198.51.100.7"),
-        ("10.0.0.1", None, "for=198.51.100.7, for=unknown", "198.51.100.7"),
-        ("10.0.0.1", None, "for=198.51.100.7, for=_hidden", "198.51.100.7"),
+        ("10.0.0.1", None, "for=198.51.100.7, for=unknown", "10.0.0.1"),
+        ("10.0.0.1", None, "for=198.51.100.7, for=_hidden", "10.0.0.1"),
         ("10.0.0.1", None, "for=unknown", "10.0.0.1"),
         ("10.0.0.1", None, "proto=https", "10.0.0.1"),
         ("10.0.0.1", None, 'for="1.2.3.4, 5.6.7.8"', "10.0.0.1"),  # a comma inside quotes is one value

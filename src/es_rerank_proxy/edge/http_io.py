@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ _BODY_HEADERS = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.ACCEPT_ENCODIN
 @dataclass(frozen=True, slots=True)
 class Body:
     raw: bytes  # exactly as the client sent it: what a bypass forwards
-    decoded: bytes | None  # decompressed; None when undecodable (Elasticsearch must answer it)
+    decoded: bytes | None  # decompressed; None when the proxy will not read it (Elasticsearch must answer it)
+    refusal: str | None = None  # why `decoded` is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,8 @@ class SearchRequest:
             raw_path_qs=request.rel_url.raw_path_qs,
             params=dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)),
             headers=forwardable_request_headers(request.headers),
-            header_query=request.headers.get("X-Rerank-Query"),
+            # A header whose bytes are not UTF-8 is no query text; it must not reach the model's request.
+            header_query=readable_header(request.headers.get("X-Rerank-Query")),
             explain=request.headers.get("X-Rerank-Explain", "").strip().lower() in ("true", "1", "yes"),
             accepts_gzip="gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower(),
         )
@@ -61,20 +62,60 @@ class SearchRequest:
         return headers
 
 
-async def read_body(request: web.Request) -> Body:
-    """The whole (bounded) body, and its decompressed form for parsing."""
+async def read_body(request: web.Request, max_decoded_bytes: int) -> Body:
+    """The whole (bounded) body, and its decompressed form for parsing, itself bounded."""
     raw = await request.read() if request.body_exists else b""
     encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
     if not encoding or encoding == "identity":
         return Body(raw, raw)
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        return Body(raw, None, "undecodable_body")
+    return decompress_bounded(raw, wbits, max_decoded_bytes)
+
+
+# gzip: a gzip header; deflate: HTTP's "deflate" is the zlib format (RFC 9110 §8.4.1.2).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_INFLATE_STEP = 256 * 1024
+
+
+def decompress_bounded(raw: bytes, wbits: int, max_bytes: int) -> Body:
+    """Inflate `raw` in steps, stopping as soon as the output passes `max_bytes` (a zip bomb costs no more).
+
+    Concatenated gzip members are read as one body, as `gzip.decompress` and Elasticsearch do.
+    """
+    out = bytearray()
+    data = raw
     try:
-        if encoding == "gzip":
-            return Body(raw, gzip.decompress(raw))
-        if encoding == "deflate":
-            return Body(raw, zlib.decompress(raw))
-    except (OSError, EOFError, zlib.error):
-        pass
-    return Body(raw, None)
+        while True:
+            inflater = zlib.decompressobj(wbits)
+            while data:
+                out += inflater.decompress(data, _INFLATE_STEP)
+                if len(out) > max_bytes:
+                    return Body(raw, None, "body_too_large")
+                data = inflater.unconsumed_tail
+            out += inflater.flush()
+            if not inflater.eof:
+                return Body(raw, None, "undecodable_body")  # truncated
+            data = inflater.unused_data
+            if not data.strip(b"\0"):
+                break
+    except zlib.error:
+        return Body(raw, None, "undecodable_body")
+    if len(out) > max_bytes:
+        return Body(raw, None, "body_too_large")
+    return Body(raw, bytes(out))
+
+
+def readable_header(value: str | None) -> str | None:
+    """A header's text, or None when its bytes were not UTF-8 (aiohttp keeps them as lone surrogates)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def query_string(params: Mapping[str, str]) -> str:

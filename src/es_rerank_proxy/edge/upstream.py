@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -17,7 +17,7 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
-from ..config import ElasticsearchConfig
+from ..config import ElasticsearchConfig, redact_url
 from ..errors import UpstreamError
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus ones proxies conventionally drop; never forwarded either way.
@@ -39,6 +39,9 @@ HOP_BY_HOP = frozenset(
 PROXY_REQUEST_HEADERS = frozenset(
     istr(name) for name in ("X-Rerank-Mode", "X-Rerank-Token", "X-Rerank-Query", "X-Rerank-Explain")
 )
+# The proxy's own server already answered `Expect: 100-continue`; Elasticsearch would wait for a body
+# that has been read already (a 30 s hang, then 502, seen against a real server).
+_ANSWERED_BY_PROXY = frozenset({istr("Expect")})
 # aiohttp would otherwise add these on its own; the client's request must reach Elasticsearch as sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
@@ -50,8 +53,24 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[istr]:
 
 def forwardable_request_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, `Host` and the proxy's own control headers."""
-    drop = HOP_BY_HOP | PROXY_REQUEST_HEADERS | _connection_tokens(headers) | {istr("Host")}
+    drop = (
+        HOP_BY_HOP | PROXY_REQUEST_HEADERS | _ANSWERED_BY_PROXY | _connection_tokens(headers) | {istr("Host")}
+    )
     return CIMultiDict((k, v) for k, v in headers.items() if istr(k) not in drop)
+
+
+def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The name of a forwarded header whose value is not UTF-8: no HTTP client here sends it byte for byte.
+
+    The proxy's own control headers are never forwarded; their unreadable text is ignored instead.
+    """
+    for name, value in raw_headers:
+        if not value.isascii() and istr(name.decode("latin-1")) not in PROXY_REQUEST_HEADERS:
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return name.decode("latin-1")
+    return None
 
 
 def forwardable_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
@@ -158,15 +177,17 @@ class Elasticsearch:
                         compress=False,
                     )
                 except aiohttp.ClientConnectorError as exc:
-                    last_error = UpstreamError(f"cannot connect to Elasticsearch at {base}: {exc.os_error}")
+                    last_error = UpstreamError(
+                        f"cannot connect to Elasticsearch at {_shown(base)}: {exc.os_error}"
+                    )
                     continue
                 except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
                     raise UpstreamError(
-                        f"Elasticsearch at {base} did not answer within {self._cfg.timeout_s:g} s",
+                        f"Elasticsearch at {_shown(base)} did not answer within {self._cfg.timeout_s:g} s",
                         timed_out=True,
                     ) from exc
                 except aiohttp.ClientError as exc:
-                    raise UpstreamError(f"Elasticsearch at {base} failed: {exc}") from exc
+                    raise UpstreamError(f"Elasticsearch at {_shown(base)} failed: {exc}") from exc
                 try:
                     yield response
                 finally:
@@ -215,6 +236,12 @@ def upstream_error_status(error: UpstreamError) -> int:
 
 
 def upstream_error_response_body(error: UpstreamError) -> bytes:
+    """The public error: what happened, never where (internal addresses stay in the proxy's log)."""
     status = upstream_error_status(error)
-    kind = "proxy_timeout_exception" if error.timed_out else "proxy_upstream_exception"
-    return error_body(status, kind, error.reason)
+    if error.timed_out:
+        return error_body(status, "proxy_timeout_exception", "Elasticsearch did not answer in time")
+    return error_body(status, "proxy_upstream_exception", "Elasticsearch is unreachable")
+
+
+def _shown(base: URL) -> str:
+    return redact_url(str(base))

@@ -86,6 +86,10 @@ class CircuitBreaker:
             self._probe_in_flight = False
             self._move("closed")
 
+    def release(self) -> None:
+        """A call ended without telling anything of the model's health: free a probe, count nothing."""
+        self._probe_in_flight = False
+
     def record_failure(self) -> None:
         """A call failed: count it in the window (closed) or reopen (half_open)."""
         state = self.state

@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ..config import RerankerConfig
+from ..config import RerankerConfig, redact_url
 from ..errors import (
     CircuitOpen,
     Overloaded,
@@ -162,7 +162,7 @@ class Scorer:
 
     def breaker_states(self) -> dict[str, str]:
         """The breaker state of each model server URL."""
-        return {breaker.name: breaker.state for breaker in self._breakers}
+        return {redact_url(breaker.name): breaker.state for breaker in self._breakers}
 
     async def aclose(self) -> None:
         """Stop background model calls (those still filling the cache) and refuse new ones."""
@@ -219,9 +219,10 @@ class Scorer:
         except RerankerError as exc:
             return outcome(exc.reason, flight.calls)
         except Exception:
-            # A bug in the client is still not a reason to fail the search.
+            # A bug of the proxy (or a request it could not encode) is not a reason to fail the search,
+            # and says nothing about the model's health.
             logger.exception("reranker call failed unexpectedly")
-            return outcome("unavailable", flight.calls)
+            return outcome("proxy_error", flight.calls)
         for pos in pending:
             scores[pos] = fresh[keys[pos]]
         return outcome(None, flight.calls)
@@ -296,18 +297,19 @@ class Scorer:
                     self._client.score(url, query, texts, timeout_s), timeout=timeout_s + self._grace_s
                 )
             except asyncio.TimeoutError:
-                raise RerankerTimeout(f"{url}: no answer within {timeout_s:.3f}s") from None
+                raise RerankerTimeout(f"{redact_url(url)}: no answer within {timeout_s:.3f}s") from None
             if len(values) != len(texts) or not all(
                 isinstance(v, int | float) and math.isfinite(v) for v in values
             ):
-                raise RerankerBadResponse(f"{url}: expected {len(texts)} finite scores")
+                raise RerankerBadResponse(f"{redact_url(url)}: expected {len(texts)} finite scores")
         except RerankerError as exc:
             breaker.record_failure()
             flight.last_error = exc
             raise
         except BaseException:
-            # Cancellation (shutdown) or a client bug: release a half-open probe all the same.
-            breaker.record_failure()
+            # Cancellation (shutdown) or a fault of the proxy or the request: it says nothing about the
+            # model, so it frees a half-open probe without counting against the breaker.
+            breaker.release()
             raise
         if deadline.expired:
             # Answered, but after the caller's budget: too slow to count as healthy (the cache keeps it).

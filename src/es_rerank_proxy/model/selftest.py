@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import RerankerConfig
+from ..config import RerankerConfig, redact_url
 from ..errors import RerankerError
 from .scoring import ScoreClient
 
@@ -97,14 +97,14 @@ async def check_reranker(client: ScoreClient, cfg: RerankerConfig) -> dict[str, 
     results: dict[str, SelfTestResult] = {}
     for url in cfg.url:
         result = await run_self_test(client, url, cfg)
-        results[url] = result
+        results[redact_url(url)] = result
         if result.ok:
-            log.info("reranker self-test passed at %s: %s", url, result.detail)
+            log.info("reranker self-test passed at %s: %s", redact_url(url), result.detail)
         else:
             log.warning(
                 "reranker self-test FAILED at %s: %s (the proxy keeps serving, but its reranked order may be "
                 "no better than chance until the setting is fixed)",
-                url,
+                redact_url(url),
                 result.detail,
             )
     return results

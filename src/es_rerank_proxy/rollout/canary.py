@@ -85,12 +85,18 @@ def client_address(
         entries = _forwarded_for_values(forwarded)
     else:
         return peer_address
-    addresses = [a for a in (parse_address(entry) for entry in entries) if a is not None]
-    for address in reversed(addresses):
+    nearest_trusted = peer_address
+    for entry in reversed(entries):
+        address = parse_address(entry)
+        if address is None:
+            # `unknown`, an obfuscated id or garbage: whatever stands left of it was written by someone
+            # no trusted proxy vouches for, so the walk ends at the last trusted hop.
+            return nearest_trusted
         if not _in_any(address, rules.trusted_proxies):
             return address
+        nearest_trusted = address
     # Every hop is a trusted proxy: the left-most one is where the request entered.
-    return addresses[0] if addresses else peer_address
+    return nearest_trusted
 
 
 def choose_mode(

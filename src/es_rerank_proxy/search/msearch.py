@@ -101,7 +101,7 @@ def plan_msearch_item(
         return Bypass("unsupported_header_key")
     if not indices_match(msearch_item_indices(item, url_indices), rerank.indices):
         return Bypass("index_not_configured")
-    parsed = parse_body(item.body_raw)
+    parsed = parse_body(item.body_raw, rerank.max_query_depth)
     if isinstance(parsed, Bypass):
         return parsed
     plan = plan_parsed(parsed, {}, rerank, needed, header_query)

@@ -22,9 +22,11 @@ from ..edge import http_io, passthrough
 from ..edge.upstream import Elasticsearch
 from ..errors import UpstreamError
 from ..model.scoring import Scorer
+from ..observe.fault_log import FaultLog
 from ..observe.record import SearchRecord
 from ..rollout import canary
 from . import msearch, rerank_step
+from .guard import header_list, msearch_searches
 from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
 from .settings import Settings
 
@@ -74,12 +76,13 @@ class SearchPipeline:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
     start_shadow: StartShadow | None = None
+    faults: FaultLog = field(default_factory=lambda: FaultLog(log))
 
     async def handle(self, request: web.Request, endpoint: SearchEndpoint) -> web.StreamResponse:
         settings = self.settings()
         record = SearchRecord(kind=endpoint.kind, indices=endpoint.indices)
         try:
-            body = await http_io.read_body(request)
+            body = await http_io.read_body(request, settings.config.server.max_search_body_bytes)
         except web.HTTPRequestEntityTooLarge:
             record.reason = "body_too_large"
             self._finish(record)
@@ -87,35 +90,57 @@ class SearchPipeline:
             return http_io.es_error(
                 413, "content_too_long_exception", f"search body larger than {limit} bytes"
             )
-        address = canary.client_address(
-            request.remote,
-            ",".join(request.headers.getall("X-Forwarded-For", [])) or None,
-            ",".join(request.headers.getall("Forwarded", [])) or None,
-            settings.canary,
-        )
-        record.client = str(address) if address is not None else None
-        decision = canary.choose_mode(
-            settings.canary,
-            address,
-            endpoint.indices,
-            request.headers.get("X-Rerank-Mode"),
-            request.headers.get("X-Rerank-Token"),
-        )
-        record.mode = decision.mode
         try:
+            address = canary.client_address(
+                request.remote,
+                ",".join(request.headers.getall("X-Forwarded-For", [])) or None,
+                ",".join(request.headers.getall("Forwarded", [])) or None,
+                settings.canary,
+            )
+            record.client = str(address) if address is not None else None
+            decision = canary.choose_mode(
+                settings.canary,
+                address,
+                endpoint.indices,
+                http_io.readable_header(request.headers.get("X-Rerank-Mode")),
+                http_io.readable_header(request.headers.get("X-Rerank-Token")),
+            )
+            record.mode = decision.mode
             if decision.mode == "off":
                 return await self._forward(request, body, record, "skipped", "canary_off")
             if body.decoded is None:
-                return await self._forward(request, body, record, "skipped", "undecodable_body")
-            meta = http_io.SearchRequest.capture(request)
+                return await self._forward(request, body, record, "skipped", body.refusal)
             if decision.mode == "shadow":
                 response = await self._forward(request, body, record, "shadow", None)
-                self._shadow(meta, endpoint, body.decoded, settings, record.client)
+                self._shadow(request, endpoint, body.decoded, settings, record.client)
                 return response
-            result = await self.run(meta, endpoint, body.decoded, settings, record)
-            return await self._respond(request, meta, body, result, record)
+            answer = await self._answer(request, endpoint, body.decoded, settings, record)
+            if isinstance(answer, Bypass):
+                return await self._forward(request, body, record, "skipped", answer.reason)
+            return answer
         finally:
             self._finish(record)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        endpoint: SearchEndpoint,
+        decoded: bytes,
+        settings: Settings,
+        record: SearchRecord,
+    ) -> web.Response | Bypass:
+        """The reranked answer, ready to send; or why the client's own request should go instead.
+
+        Nothing has been sent to the client yet, so an exception nobody planned for (a bug, a body shape
+        nobody foresaw) still leaves the honest fallback: Elasticsearch answers the request as sent.
+        """
+        try:
+            meta = http_io.SearchRequest.capture(request)
+            result = await self.run(meta, endpoint, decoded, settings, record)
+            return result if isinstance(result, Bypass) else self._respond(meta, result, record)
+        except Exception as exc:
+            self.faults.report(exc, f"reranking a {endpoint.kind}")
+            return Bypass("proxy_error")
 
     async def run(
         self,
@@ -138,16 +163,9 @@ class SearchPipeline:
 
     # --- answering ----------------------------------------------------------------------------------
 
-    async def _respond(
-        self,
-        request: web.Request,
-        meta: http_io.SearchRequest,
-        body: http_io.Body,
-        result: Result,
-        record: SearchRecord,
-    ) -> web.StreamResponse:
-        if isinstance(result, Bypass):
-            return await self._forward(request, body, record, "skipped", result.reason)
+    def _respond(
+        self, meta: http_io.SearchRequest, result: EsAnswer | Failed | Done, record: SearchRecord
+    ) -> web.Response:
         if isinstance(result, Failed):
             record.outcome, record.reason = "error", "elasticsearch_unavailable"
             return passthrough.error_response(result.error)
@@ -155,13 +173,18 @@ class SearchPipeline:
             record.outcome, record.reason = "skipped", "elasticsearch_error"
             extra = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
             return http_io.raw_response(result.status, result.headers, result.payload, extra)
-        extra = {RERANK_HEADER: ",".join(result.outcomes), "Server-Timing": record.server_timing()}
+        extra = {RERANK_HEADER: header_list(result.outcomes), "Server-Timing": record.server_timing()}
         if any(result.reasons):
-            extra[REASON_HEADER] = ",".join(reason or "-" for reason in result.reasons)
+            extra[REASON_HEADER] = header_list([reason or "-" for reason in result.reasons])
         return http_io.json_response(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
 
     async def _forward(
-        self, request: web.Request, body: http_io.Body, record: SearchRecord, outcome: str, reason: str | None
+        self,
+        request: web.Request,
+        body: http_io.Body,
+        record: SearchRecord,
+        outcome: str,
+        reason: str | None,
     ) -> web.StreamResponse:
         """The client's own request, untouched, to Elasticsearch; its answer, untouched, back."""
         record.outcome, record.reason = outcome, reason
@@ -254,10 +277,12 @@ class SearchPipeline:
         record: SearchRecord,
         shadow: bool,
     ) -> Result:
+        rerank_cfg = settings.config.rerank
+        if msearch_searches(decoded) > rerank_cfg.max_msearch_searches:
+            return Bypass("msearch_too_large")
         items = msearch.split_msearch(decoded)
         if isinstance(items, Bypass):
             return items
-        rerank_cfg = settings.config.rerank
         plans = [
             msearch.plan_msearch_item(
                 item, endpoint.indices, meta.params, rerank_cfg, settings.needed, meta.header_query
@@ -305,8 +330,12 @@ class SearchPipeline:
             else:  # nothing to rerank; this search's own error keeps its place unchanged
                 reasons[i] = "no_hits" if window == [] else "elasticsearch_error"
         outcomes = ["skipped"] * len(plans)
-        for i, job in jobs.items():
-            reranked = await job
+        finished = await asyncio.gather(*jobs.values(), return_exceptions=True)
+        for failure in finished:
+            if isinstance(failure, BaseException):
+                raise failure  # every job has ended: none is left running unobserved
+        for i, reranked in zip(jobs, finished, strict=True):
+            assert not isinstance(reranked, BaseException)
             responses[i] = reranked.page
             outcomes[i], reasons[i] = reranked.outcome, reranked.reason or ""
         record.outcome = next((o for o in ("applied", "degraded") if o in outcomes), "skipped")
@@ -317,7 +346,7 @@ class SearchPipeline:
 
     def _shadow(
         self,
-        meta: http_io.SearchRequest,
+        request: web.Request,
         endpoint: SearchEndpoint,
         decoded: bytes,
         settings: Settings,
@@ -328,6 +357,7 @@ class SearchPipeline:
             return
         record = SearchRecord(kind=endpoint.kind, indices=endpoint.indices, client=client, mode="shadow")
         record.phase = "shadow"
+        meta = http_io.SearchRequest.capture(request)
 
         async def work() -> None:
             try:
@@ -336,6 +366,9 @@ class SearchPipeline:
                     record.outcome, record.reason = "skipped", result.reason
                 elif not isinstance(result, Done):
                     record.outcome, record.reason = "error", "elasticsearch_error"
+            except Exception as exc:  # the client has its answer; a bug here must only be reported
+                self.faults.report(exc, f"shadow-reranking a {endpoint.kind}")
+                record.outcome, record.reason = "error", "proxy_error"
             finally:
                 self._finish(record)
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import orjson
 
 from ..config import RerankConfig
+from .guard import deeper_than
 from .query_text import find_query_text
 
 # URL params that leave hit order and shape as we can rebuild them. Anything not listed is a bypass.
@@ -152,7 +153,7 @@ def plan_search(
     """Decide whether a `_search` can be reranked exactly as asked, and if so how to recall its window."""
     if not indices_match(indices, rerank.indices):
         return Bypass("index_not_configured")
-    parsed = parse_body(body)
+    parsed = parse_body(body, rerank.max_query_depth)
     if isinstance(parsed, Bypass):
         return parsed
     for name, value in params.items():
@@ -228,15 +229,21 @@ def shadow_plan(plan: SearchPlan, needed: NeededFields) -> SearchPlan:
     return replace(plan, recall_body=orjson.dumps(body), recall_params=params, added_fields=())
 
 
-def parse_body(body: bytes) -> dict[str, object] | Bypass:
-    """The search body as a JSON object (empty body: `{}`), or `Bypass("invalid_json")`."""
+def parse_body(body: bytes, max_depth: int) -> dict[str, object] | Bypass:
+    """The search body as a JSON object (empty body: `{}`), or why not (`invalid_json`, `query_too_deep`).
+
+    The depth check runs before anything walks the body recursively: a deeper body is Elasticsearch's to
+    refuse, with its own error.
+    """
     if not body.strip():
         return {}  # a GET with only URL params
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         return Bypass("invalid_json")
-    return parsed if isinstance(parsed, dict) else Bypass("invalid_json")
+    if not isinstance(parsed, dict):
+        return Bypass("invalid_json")
+    return Bypass("query_too_deep") if deeper_than(parsed, max_depth) else parsed
 
 
 def _harmless_param(name: str, value: str) -> bool:
