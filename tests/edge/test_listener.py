@@ -123,7 +123,7 @@ async def test_slow_header_connections_are_closed_by_the_header_read_timeout(
         connections = [await connect(address) for _ in range(500)]
         closed_after = await asyncio.wait_for(asyncio.gather(*(slow_client(*c) for c in connections)), 60)
     assert len(closed_after) == 500
-    assert min(closed_after) >= 0.9, "closed for the deadline, not at once"
+    assert min(closed_after) >= 0.5, f"closed for the 1 s deadline, not at once: {min(closed_after):.3f} s"
     assert max(closed_after) < 25, "every one was closed by the proxy, long before the keep-alive timeout"
     assert not upstream.requests
 

@@ -85,13 +85,34 @@ def test_certificate_validity_reads_the_dates_openssl_wrote(ca: TestCA) -> None:
     assert certificate_validity(der) == (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
 
 
-@given(st.binary(max_size=300))
-def test_certificate_validity_rejects_garbage_with_value_error_only(data: bytes) -> None:
+def _validity_or_value_error(data: bytes) -> None:
     try:
         not_before, not_after = certificate_validity(data)
     except ValueError:
         return
     assert not_before.tzinfo is UTC and not_after.tzinfo is UTC
+
+
+@given(st.binary(max_size=300))
+def test_certificate_validity_rejects_garbage_with_value_error_only(data: bytes) -> None:
+    _validity_or_value_error(data)
+
+
+@pytest.fixture(scope="module")
+def certificate_der(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    issued = TestCA(tmp_path_factory.mktemp("der")).issue("server")
+    return ssl.PEM_cert_to_DER_cert(issued.cert_file.read_text())
+
+
+@given(st.data())
+def test_certificate_validity_of_a_damaged_certificate_is_dates_or_value_error(
+    certificate_der: bytes, data: st.DataObject
+) -> None:
+    damaged = bytearray(certificate_der)
+    for _ in range(data.draw(st.integers(1, 4))):
+        damaged[data.draw(st.integers(0, len(damaged) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(damaged)))
+    _validity_or_value_error(bytes(damaged[:cut]))
 
 
 # --- files: what check-config and load reject --------------------------------------------------------
@@ -116,6 +137,24 @@ def test_expired_certificate_is_rejected(ca: TestCA) -> None:
     files = Files(cert_file=str(old.cert_file), key_file=str(old.key_file))
     with pytest.raises(ConfigError, match=r"^server\.tls\.cert_file: certificate expired on "):
         check_tls_files("server.tls", files, now)
+
+
+def test_client_ca_file_without_a_certificate_is_rejected(ca: TestCA, tmp_path: Path) -> None:
+    server = ca.issue("server")
+    not_a_ca = tmp_path / "ca.pem"
+    not_a_ca.write_text("not a certificate")
+    files = Files(
+        cert_file=str(server.cert_file), key_file=str(server.key_file), client_ca_file=str(not_a_ca)
+    )
+    with pytest.raises(ConfigError, match=r"^server\.tls\.client_ca_file: no usable CA certificate"):
+        check_tls_files("server.tls", files, datetime.now(UTC))
+
+
+def test_encrypted_key_is_refused_without_a_prompt(ca: TestCA) -> None:
+    locked = ca.issue("locked", passphrase=b"secret")
+    files = Files(cert_file=str(locked.cert_file), key_file=str(locked.key_file))
+    with pytest.raises(ConfigError, match=r"^server\.tls\.key_file: the private key is encrypted"):
+        check_tls_files("server.tls", files, datetime.now(UTC))
 
 
 @pytest.mark.parametrize("problem", ["missing", "mismatched", "expired"])
@@ -150,8 +189,10 @@ def _curl(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_curl_and_official_client_reach_elasticsearch_over_tls(ca: TestCA, es_url: str) -> None:
     server = ca.issue("proxy")
     tls = {"cert_file": str(server.cert_file), "key_file": str(server.key_file)}
-    with proxy_in_thread(make_config(es_url, server={"tls": tls})) as proxy:
-        assert proxy.url.startswith("https://")
+    with proxy_in_thread(make_config(es_url, server={"tls": tls}, admin={"tls": tls})) as proxy:
+        assert proxy.url.startswith("https://") and proxy.admin_url.startswith("https://")
+        health = _curl(proxy.admin_url + "/_rerank/health", "--cacert", str(ca.cert_file), "-f")
+        assert health.returncode == 0, health.stderr
         answer = _curl(proxy.url + "/", "--cacert", str(ca.cert_file), "-w", "\n%{http_code}")
         body, _, status = answer.stdout.rpartition("\n")
         assert status == "200", answer.stderr

@@ -52,6 +52,7 @@ class TestCA:
         client: bool = False,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
+        passphrase: bytes | None = None,
     ) -> Issued:
         """A certificate for 127.0.0.1/localhost (or a client), written to `<stem>.crt` and `<stem>.key`."""
         key = ec.generate_private_key(ec.SECP256R1())
@@ -83,7 +84,9 @@ class TestCA:
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
+                serialization.BestAvailableEncryption(passphrase)
+                if passphrase
+                else serialization.NoEncryption(),
             )
         )
         return Issued(cert_file, key_file, serial)

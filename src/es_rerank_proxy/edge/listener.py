@@ -77,8 +77,14 @@ class GuardedRequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        super().handle_error(request, status, exc, message)  # logs it, and refuses an answer already started
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer is already under way; only closing the connection is left")
         code, error_type, reason = parse_error_answer(exc, status)
+        if code >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            # A client decides how many malformed requests it sends: no traceback per request in the log.
+            self.logger.debug("refused a malformed request from %s: %s", request.remote, reason)
         response = web.Response(
             status=code, body=error_body(code, error_type, reason), content_type="application/json"
         )

@@ -137,12 +137,26 @@ def check_tls_files(section: str, files: TlsFiles, now: datetime) -> None:
     if problem:
         raise ConfigError(f"{section}.cert_file: {problem} ({files.cert_file})")
     try:
-        server_context(files)
-    except ssl.SSLError as exc:
-        key = "client_ca_file" if exc.library == "X509" and files.client_ca_file else "key_file"
-        raise ConfigError(f"{section}.{key}: {_describe_ssl_error(exc)}") from None
+        key_text = Path(files.key_file).read_text(encoding="ascii", errors="replace")
     except OSError as exc:
         raise ConfigError(f"{section}.key_file: cannot read {files.key_file!r}: {exc.strerror}") from None
+    if "ENCRYPTED" in key_text:  # PKCS#8 "ENCRYPTED PRIVATE KEY" or a legacy "Proc-Type: 4,ENCRYPTED"
+        raise ConfigError(
+            f"{section}.key_file: the private key is encrypted; give an unencrypted PEM key readable by "
+            "the proxy alone"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(files.cert_file, files.key_file, password=_no_passphrase)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"{section}.key_file: {_describe_ssl_error(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"{section}.cert_file: cannot load {files.cert_file!r}: {exc.strerror}") from None
+    if files.client_ca_file:
+        try:
+            context.load_verify_locations(cafile=files.client_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{section}.client_ca_file: no usable CA certificate: {exc}") from None
 
 
 def _describe_ssl_error(exc: ssl.SSLError) -> str:
@@ -151,11 +165,16 @@ def _describe_ssl_error(exc: ssl.SSLError) -> str:
     return f"cannot load: {exc.reason or exc}"
 
 
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+    return b""
+
+
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     """A server context with TLS 1.2 or newer; with a client CA, a client certificate is required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(files.cert_file, files.key_file)
+    context.load_cert_chain(files.cert_file, files.key_file, password=_no_passphrase)
     if files.client_ca_file:
         context.load_verify_locations(cafile=files.client_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED
