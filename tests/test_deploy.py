@@ -21,6 +21,8 @@ import yaml
 
 from es_rerank_proxy.config import ENV_PREFIX, Config, load_config
 
+from .fakes.certificates import TestCA
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 SECURITY_OVERLAY = ROOT / "deploy" / "compose.security.yml"
@@ -227,12 +229,16 @@ def test_compose_config_keeps_the_reranker_model_of_the_vllm_service() -> None:
 def test_every_proxy_variable_names_a_config_key(overlay: tuple[Path, ...]) -> None:
     """`load_config` ignores unknown variables, so a misspelt one would silently change nothing."""
     known = set()
-    for section in dataclasses.fields(Config):
-        section_defaults = getattr(Config(), section.name)
-        for key in dataclasses.fields(section_defaults):
-            if dataclasses.is_dataclass(getattr(section_defaults, key.name)):
-                continue  # nested sections (reranker.breaker ...) are not set from the environment
-            known.add(f"{ENV_PREFIX}{section.name}_{key.name}".upper())
+
+    def add(node: Any, path: tuple[str, ...]) -> None:
+        for key in dataclasses.fields(node):
+            value = getattr(node, key.name)
+            if dataclasses.is_dataclass(value):
+                add(value, (*path, key.name))  # nested sections: SERVER_TLS_CERT_FILE
+            elif path:
+                known.add(f"{ENV_PREFIX}{'_'.join((*path, key.name))}".upper())
+
+    add(Config(), ())
     for file in (COMPOSE, *overlay):
         names = {name for name in _environment(_services(file)["proxy"]) if name.startswith(ENV_PREFIX)}
         assert names, file
@@ -511,14 +517,36 @@ def test_security_overlay_gives_the_proxy_the_ca_and_not_the_keys(tmp_path: Path
     source, read_only = mounts[ca_mount[0]]
     assert read_only and source == "es-ca"
     assert "es-certs" not in {source for source, _ in mounts.values()}, "private keys stay with Elasticsearch"
-    assert {"es-certs", "es-ca"} <= set(_load(SECURITY_OVERLAY)["volumes"])
-    # The CA file exists only in the volume, and load_config checks it: stand a local file in for it.
+    assert {"es-certs", "es-ca", "proxy-tls"} <= set(_load(SECURITY_OVERLAY)["volumes"])
+    # The files exist only in the volumes, and load_config checks them: stand local files in for them.
     stand_in = tmp_path / "ca.crt"
     stand_in.write_text("-----BEGIN CERTIFICATE-----\n")
+    issued = TestCA(tmp_path).issue("proxy")
     config = load_config(
-        _mounted_config_source(), environ={**env, "ES_RERANK_PROXY_ELASTICSEARCH_CA_CERTS": str(stand_in)}
+        _mounted_config_source(),
+        environ={
+            **env,
+            "ES_RERANK_PROXY_ELASTICSEARCH_CA_CERTS": str(stand_in),
+            "ES_RERANK_PROXY_SERVER_TLS_CERT_FILE": str(issued.cert_file),
+            "ES_RERANK_PROXY_SERVER_TLS_KEY_FILE": str(issued.key_file),
+        },
     )
     assert config.elasticsearch.url == (env["ES_RERANK_PROXY_ELASTICSEARCH_URL"],)
+    assert config.server.tls.cert_file == str(issued.cert_file)
+
+
+def test_security_overlay_serves_the_proxy_over_https_from_its_own_volume() -> None:
+    overlay = _services(SECURITY_OVERLAY)
+    env = _environment(overlay["proxy"])
+    mounts = _volume_mounts(overlay["proxy"])
+    for key in ("CERT_FILE", "KEY_FILE"):
+        path = env[f"ES_RERANK_PROXY_SERVER_TLS_{key}"]
+        assert path is not None
+        [target] = [target for target in mounts if path.startswith(target + "/")]
+        assert mounts[target] == ("proxy-tls", True)
+    script = overlay["certs"]["command"][-1]
+    assert re.search(r"name: proxy'.*dns:'.*'      - proxy'", script, re.S)
+    assert "chmod 600 /proxy-tls/proxy.key" in script
 
 
 # --- docker compose itself, where it exists ------------------------------------------------------------

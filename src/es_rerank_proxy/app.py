@@ -14,6 +14,8 @@ from .admin import debug_ui, routes, warm
 from .config import Config, redact_url
 from .edge import passthrough
 from .edge.http_io import es_error
+from .edge.listener import GuardedAppRunner, tcp_site
+from .edge.tls import ListenerTls, listener_tls
 from .edge.upstream import undecodable_header
 from .runtime import Runtime
 from .search.plan import classify_endpoint
@@ -70,12 +72,23 @@ def create_admin_app(public: web.Application) -> web.Application:
 
 def public_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner `serve` and the tests use for the public listener."""
-    return web.AppRunner(
+    return GuardedAppRunner(
         app,
+        config.server,
         auto_decompress=False,  # a gzip body must reach Elasticsearch exactly as the client sent it
         shutdown_timeout=config.server.shutdown_timeout_s,
         access_log=None,
     )
+
+
+def admin_runner(admin: web.Application, config: Config) -> web.AppRunner:
+    """The admin listener's runner: the same parser limits and timeouts as the public one."""
+    return GuardedAppRunner(admin, config.server, access_log=None)
+
+
+def listeners_tls(config: Config) -> tuple[ListenerTls | None, ListenerTls | None]:
+    """TLS for the public and the admin listener (None: plain HTTP), each reloadable on SIGHUP."""
+    return listener_tls("server.tls", config.server.tls), listener_tls("admin.tls", config.admin.tls)
 
 
 async def serve(
@@ -88,22 +101,32 @@ async def serve(
     public = create_app(config, config_path=config_path)
     runner = public_runner(public, config)
     await runner.setup()
-    admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
-    await admin_runner.setup()
+    admin_listener = admin_runner(create_admin_app(public), config)
+    await admin_listener.setup()
     runtime = public[RUNTIME]
+    public_tls, admin_tls = listeners_tls(config)
+
+    def reload() -> None:
+        runtime.reload()
+        for tls in (public_tls, admin_tls):
+            if tls is not None:
+                tls.reload()
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, runtime.reload)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True).start()
-        await web.TCPSite(admin_runner, config.admin.host, config.admin.port, reuse_address=True).start()
+        await tcp_site(runner, config.server.host, config.server.port, public_tls).start()
+        await tcp_site(admin_listener, config.admin.host, config.admin.port, admin_tls).start()
         runtime.start_watching()
         log.info(
-            "listening on http://%s:%d (admin http://%s:%d), elasticsearch %s, reranker %s",
+            "listening on %s://%s:%d (admin %s://%s:%d), elasticsearch %s, reranker %s",
+            "https" if public_tls else "http",
             config.server.host,
             config.server.port,
+            "https" if admin_tls else "http",
             config.admin.host,
             config.admin.port,
             ", ".join(map(redact_url, config.elasticsearch.url)),
@@ -116,5 +139,5 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-        await admin_runner.cleanup()
+        await admin_listener.cleanup()
         await runner.cleanup()

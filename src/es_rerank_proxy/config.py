@@ -12,11 +12,13 @@ import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from .edge.tls import check_tls_files
 from .errors import ConfigError
 from .schema import apply_environment, build, describe, set_path
 from .schema import redact_url as redact_url  # re-exported: every part redacts URLs the same way
@@ -39,17 +41,35 @@ def _min(value: float) -> dict[str, float]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """A listener's certificate (PEM); a client CA makes client certificates required (mutual TLS)."""
+
+    cert_file: str = ""
+    key_file: str = ""
+    client_ca_file: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = field(default=9201, metadata={"min": 0, "max": 65535})
     shutdown_timeout_s: float = field(default=10.0, metadata=_min(0))
     max_search_body_bytes: int = field(default=10 * 1024 * 1024, metadata=_min(1024))
+    tls: TlsConfig = TlsConfig()
+    # aiohttp's request parser limits, set here on purpose rather than inherited.
+    max_line_size: int = field(default=8190, metadata=_min(256))
+    max_field_size: int = field(default=8190, metadata=_min(256))
+    max_headers: int = field(default=128, metadata=_min(8))
+    header_read_timeout_s: float = field(default=10.0, metadata={"min": 0.001})
+    keepalive_timeout_s: float = field(default=75.0, metadata={"min": 0.001})
+    client_write_timeout_s: float = field(default=60.0, metadata={"min": 0.001})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdminConfig:
     host: str = "127.0.0.1"
     port: int = field(default=9202, metadata={"min": 0, "max": 65535})
+    tls: TlsConfig = TlsConfig()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +78,7 @@ class ElasticsearchConfig:
     timeout_s: float = field(default=60.0, metadata={"min": 0.001})
     connect_timeout_s: float = field(default=5.0, metadata={"min": 0.001})
     max_connections: int = field(default=256, metadata=_min(1))
+    pool_timeout_s: float = field(default=10.0, metadata={"min": 0.001})
     # TLS: a CA bundle, or the SHA-256 fingerprint of the server certificate (as Elasticsearch 8 prints it).
     ca_certs: str = ""
     ssl_assert_fingerprint: str = ""
@@ -285,6 +306,8 @@ def _check_relations(config: Config) -> None:
             "elasticsearch.ssl_assert_fingerprint: expected a SHA-256 fingerprint (64 hex digits), "
             f"got {config.elasticsearch.ssl_assert_fingerprint!r}"
         )
+    for section, tls in (("server.tls", config.server.tls), ("admin.tls", config.admin.tls)):
+        check_tls_files(section, tls, datetime.now(UTC))
     for name, ranges in (("canary.trusted_proxies", config.canary.trusted_proxies),):
         _check_networks(name, ranges)
     for i, rule in enumerate(config.canary.rules):

@@ -71,7 +71,11 @@ class Runtime:
     async def start(self) -> None:
         config = self.config
         self._es_session = create_session(config.elasticsearch)
-        self.es = Elasticsearch(self._es_session, config.elasticsearch)
+        self.es = Elasticsearch(
+            self._es_session,
+            config.elasticsearch,
+            client_write_timeout_s=config.server.client_write_timeout_s,
+        )
         self._model_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=config.reranker.max_concurrency + 8, keepalive_timeout=60),
             cookie_jar=aiohttp.DummyCookieJar(),

@@ -67,20 +67,24 @@ def redact_url(text: str) -> str:
 # --- environment ------------------------------------------------------------------------------------
 
 
-def apply_environment(raw: dict[str, Any], environ: Mapping[str, str], root: Any, prefix: str) -> None:
-    """`<prefix><SECTION>_<KEY>` overrides a scalar key of a top-level section of `root` (for containers)."""
-    for section in dataclasses.fields(root):
-        section_type = _resolved_hints(root)[section.name]
-        for key in dataclasses.fields(section_type):
-            hint = _resolved_hints(section_type)[key.name]
-            if dataclasses.is_dataclass(hint):
-                continue
-            name = f"{prefix}{section.name}_{key.name}".upper()
-            if name in environ:
-                value: Any = environ[name]
-                if typing.get_origin(hint) is tuple:
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                set_path(raw, [section.name, key.name], value, from_env=name)
+def apply_environment(
+    raw: dict[str, Any], environ: Mapping[str, str], root: Any, prefix: str, path: tuple[str, ...] = ()
+) -> None:
+    """`<prefix><SECTION>_<KEY>` overrides a scalar key of a section of `root` (for containers); nested
+    sections add their name: `<prefix>SERVER_TLS_CERT_FILE`."""
+    for key in dataclasses.fields(root):
+        hint = _resolved_hints(root)[key.name]
+        if dataclasses.is_dataclass(hint):
+            apply_environment(raw, environ, hint, prefix, (*path, key.name))
+            continue
+        if not path:
+            continue  # the top level holds sections only
+        name = f"{prefix}{'_'.join((*path, key.name))}".upper()
+        if name in environ:
+            value: Any = environ[name]
+            if typing.get_origin(hint) is tuple:
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            set_path(raw, [*path, key.name], value, from_env=name)
 
 
 def set_path(raw: dict[str, Any], keys: list[str], value: Any, from_env: str | None = None) -> None:

@@ -15,8 +15,16 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from es_rerank_proxy.app import RUNTIME, create_admin_app, create_app, public_runner
+from es_rerank_proxy.app import (
+    RUNTIME,
+    admin_runner,
+    create_admin_app,
+    create_app,
+    listeners_tls,
+    public_runner,
+)
 from es_rerank_proxy.config import Config, config_from_dict
+from es_rerank_proxy.edge.listener import tcp_site
 from es_rerank_proxy.tools.local_elasticsearch import free_port, stop_process_group, wait_for_http
 
 from .threaded import in_thread
@@ -55,26 +63,27 @@ async def running_proxy(
     public = create_app(config, config_path=config_path, self_test=self_test)
     runner = public_runner(public, config)
     await runner.setup()
-    admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
-    await admin_runner.setup()
+    admin = admin_runner(create_admin_app(public), config)
+    await admin.setup()
+    public_tls, admin_tls = listeners_tls(config)
     try:
         # Port 0: the kernel picks a free port at bind time. A port picked earlier by free_port() can be
         # taken by another process's outgoing connection before the bind (seen on a busy CI machine).
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        admin_site = web.TCPSite(admin_runner, "127.0.0.1", 0)
+        site = tcp_site(runner, "127.0.0.1", 0, public_tls)
+        admin_site = tcp_site(admin, "127.0.0.1", 0, admin_tls)
         await site.start()
         await admin_site.start()
         if watch_s is not None:
             public[RUNTIME].start_watching(watch_s)
         yield RunningProxy(
-            url=f"http://127.0.0.1:{runner.addresses[0][1]}",
-            admin_url=f"http://127.0.0.1:{admin_runner.addresses[0][1]}",
+            url=f"{'https' if public_tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}",
+            admin_url=f"{'https' if admin_tls else 'http'}://127.0.0.1:{admin.addresses[0][1]}",
             config=config,
             app=public,
             loop=asyncio.get_running_loop(),
         )
     finally:
-        await admin_runner.cleanup()
+        await admin.cleanup()
         await runner.cleanup()
 
 
@@ -106,8 +115,9 @@ def proxy_process(config: Config, tmp_dir: Path) -> Iterator[RunningProxy]:
             env={k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")},
             start_new_session=True,
         )
+    scheme = "https" if config.server.tls.cert_file else "http"
     running = RunningProxy(
-        url=f"http://127.0.0.1:{data['server']['port']}",
+        url=f"{scheme}://127.0.0.1:{data['server']['port']}",
         admin_url=f"http://127.0.0.1:{data['admin']['port']}",
         config=config,
         process=process,

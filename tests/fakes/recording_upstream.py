@@ -31,6 +31,7 @@ class RecordingUpstream:
     hang: bool = False
     delay_s: float = 0.0  # answer after this long
     response_bytes: int = 0  # >0: answer with a streamed body of this size instead
+    large_path: str = ""  # set: only requests for paths starting with this get the large body
 
 
 @asynccontextmanager
@@ -50,7 +51,7 @@ async def recording_upstream(port: int | None = None) -> AsyncIterator[Recording
             await asyncio.sleep(3600)
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
-        if state.response_bytes:
+        if state.response_bytes and request.path.startswith(state.large_path):
             response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             response.content_length = state.response_bytes
             await response.prepare(request)

@@ -58,7 +58,11 @@ async def forward(
     body: bytes | None = None,
     extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send the request on unchanged (`body`: already read; else streamed) and stream the answer back."""
+    """Send the request on unchanged (`body`: already read; else streamed) and stream the answer back.
+
+    A client that takes longer than `es.client_write_timeout_s` to accept a chunk is cut off, so it
+    cannot hold a pooled Elasticsearch connection for as long as it likes.
+    """
     headers = forwardable_request_headers(request.headers)
     payload: bytes | aiohttp.StreamReader | None
     if body is not None:
@@ -86,7 +90,7 @@ async def forward(
                 status=upstream.status, reason=upstream.reason, headers=response_headers
             )
             await response.prepare(request)
-            if not await _copy_body(upstream, response):
+            if not await _copy_body(upstream, response, es.client_write_timeout_s):
                 # The status line is already sent: the only honest signal left is to cut the connection.
                 if request.transport is not None:
                     request.transport.abort()
@@ -107,11 +111,18 @@ async def _read_all(upstream: aiohttp.ClientResponse) -> bytes:
         raise UpstreamError(f"Elasticsearch broke off its answer: {exc}") from exc
 
 
-async def _copy_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> bool:
-    """Copy the body chunk by chunk; False when Elasticsearch broke off mid-body."""
+async def _copy_body(
+    upstream: aiohttp.ClientResponse, response: web.StreamResponse, write_timeout_s: float | None
+) -> bool:
+    """Copy the body chunk by chunk; False when Elasticsearch broke off or the client stopped reading."""
     try:
         async for chunk in upstream.content.iter_chunked(_CHUNK):
-            await response.write(chunk)
+            try:
+                async with asyncio.timeout(write_timeout_s):
+                    await response.write(chunk)
+            except TimeoutError:
+                log.warning("client read nothing for %g s: connection dropped", write_timeout_s)
+                return False
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         log.warning("elasticsearch broke off a response mid-body: %r", exc)
         return False

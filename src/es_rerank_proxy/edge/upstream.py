@@ -105,7 +105,14 @@ def create_session(cfg: ElasticsearchConfig) -> aiohttp.ClientSession:
         enable_cleanup_closed=True,
     )
     # sock_read: Elasticsearch gave no byte for timeout_s. A total limit would cut off a long, healthy _bulk.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s, sock_read=cfg.timeout_s)
+    # connect: waiting for a free pooled connection plus opening one; when every pooled connection is held
+    # (say, by clients that never read their answers) a request must fail rather than wait for ever.
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=cfg.pool_timeout_s + cfg.connect_timeout_s,
+        sock_connect=cfg.connect_timeout_s,
+        sock_read=cfg.timeout_s,
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
@@ -119,9 +126,17 @@ def create_session(cfg: ElasticsearchConfig) -> aiohttp.ClientSession:
 class Elasticsearch:
     """Sends requests to the configured Elasticsearch nodes in turn; the target is never client-chosen."""
 
-    def __init__(self, session: aiohttp.ClientSession, cfg: ElasticsearchConfig) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        cfg: ElasticsearchConfig,
+        *,
+        client_write_timeout_s: float | None = None,
+    ) -> None:
         self._session = session
         self._cfg = cfg
+        # How long a streamed answer may wait for its client to read while it holds a pooled connection.
+        self.client_write_timeout_s = client_write_timeout_s
         self._bases = [URL(url.rstrip("/")) for url in cfg.url]
         self._turn = itertools.cycle(range(len(self._bases)))
         self._in_flight = 0
@@ -181,6 +196,14 @@ class Elasticsearch:
                         f"cannot connect to Elasticsearch at {_shown(base)}: {exc.os_error}"
                     )
                     continue
+                except aiohttp.ConnectionTimeoutError as exc:
+                    raise UpstreamError(
+                        f"no connection to Elasticsearch at {base} within "
+                        f"{self._cfg.pool_timeout_s + self._cfg.connect_timeout_s:g} s "
+                        f"(all {self._cfg.max_connections} pooled connections busy, or the node is slow to "
+                        "accept)",
+                        timed_out=True,
+                    ) from exc
                 except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
                     raise UpstreamError(
                         f"Elasticsearch at {_shown(base)} did not answer within {self._cfg.timeout_s:g} s",
