@@ -27,6 +27,7 @@ PURE = (
     "search.page",
     "search.msearch",
     "rollout.canary",
+    "rollout.interleave",
     "rollout.order_stats",
 )
 

@@ -126,7 +126,10 @@ def test_url_may_be_a_single_string_or_a_list() -> None:
             "elasticsearch.ssl_assert_fingerprint: expected",
         ),
         ({"log": {"query_text": "yes"}}, "log.query_text: expected true or false, got 'yes'"),
-        ({"canary": {"default": "on"}}, "canary.default: expected one of off | rerank | shadow, got 'on'"),
+        (
+            {"canary": {"default": "on"}},
+            "canary.default: expected one of off | rerank | shadow | interleave, got 'on'",
+        ),
         ({"canary": {"percent": 120}}, "canary.percent: expected a number from 0 to 100, got 120"),
         (
             {"canary": {"trusted_proxies": ["10.0.0.0/33"]}},

@@ -27,7 +27,7 @@ DEFAULT_INSTRUCTION = (
     "whose title and abstract best match what the searcher is looking for"
 )
 
-Mode = Literal["off", "rerank", "shadow"]
+Mode = Literal["off", "rerank", "shadow", "interleave"]
 RerankerApi = Literal["vllm", "tei", "cohere", "embeddings"]
 PromptFormat = Literal["qwen3", "none"]
 DocumentFormat = Literal["auto", "labelled", "plain"]
@@ -161,6 +161,8 @@ class CanaryConfig:
     # `rerank` so that a config without a canary section simply reranks; roll out with `off` plus rules.
     default: Mode = "rerank"
     percent: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    # What the `percent` share gets: `rerank` for an A/B test against `default`, or `interleave`.
+    percent_mode: Mode = "rerank"
     salt: str = "es-rerank-proxy"
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     override_token: str = field(default="", metadata={"secret": True})

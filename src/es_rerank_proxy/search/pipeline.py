@@ -24,6 +24,7 @@ from ..errors import UpstreamError
 from ..model.scoring import Scorer
 from ..observe.record import SearchRecord
 from ..rollout import canary
+from ..rollout.interleave import query_seed
 from . import msearch, rerank_step
 from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
 from .settings import Settings
@@ -56,6 +57,7 @@ class Done:
     body: dict[str, object]
     outcomes: tuple[str, ...]
     reasons: tuple[str, ...]
+    teams: tuple[tuple[str, ...] | None, ...] = ()  # per search, when interleaved
 
 
 Result = Bypass | EsAnswer | Failed | Done
@@ -112,7 +114,8 @@ class SearchPipeline:
                 response = await self._forward(request, body, record, "shadow", None)
                 self._shadow(meta, endpoint, body.decoded, settings, record.client)
                 return response
-            result = await self.run(meta, endpoint, body.decoded, settings, record)
+            interleave = () if decision.mode == "interleave" else None
+            result = await self.run(meta, endpoint, body.decoded, settings, record, interleave=interleave)
             return await self._respond(request, meta, body, result, record)
         finally:
             self._finish(record)
@@ -126,15 +129,17 @@ class SearchPipeline:
         record: SearchRecord,
         *,
         shadow: bool = False,
+        interleave: Sequence[str | None] | None = None,
     ) -> Result:
         """Plan, recall and rerank one request; nothing is sent to the client here.
 
         A `shadow` run recalls only what decides the reranked order (shadow_plan): its answer has
         already been sent, and every extra millisecond of Elasticsearch's time is taken from live searches.
+        `interleave` (the UBI query id of each search, where known) interleaves instead of reranking.
         """
         if endpoint.kind == "search":
-            return await self._run_search(meta, endpoint, decoded, settings, record, shadow)
-        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow)
+            return await self._run_search(meta, endpoint, decoded, settings, record, shadow, interleave)
+        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow, interleave)
 
     # --- answering ----------------------------------------------------------------------------------
 
@@ -191,6 +196,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         plan = plan_search(
             decoded, meta.params, endpoint.indices, settings.config.rerank, settings.needed, meta.header_query
@@ -208,14 +214,17 @@ class SearchPipeline:
         if rerank_step.hits_list(es_response) is None:
             # Not the answer shape we know how to keep exact: ask again with the client's own request.
             return Bypass("unexpected_response")
+        seed = _seed(interleave, 0, plan, record)
         reranked = await rerank_step.rerank_window(
-            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record, seed
         )
         if not rerank_step.hits_list(es_response):
             # Nothing to rerank, but the window still has to be cut back to the client's page.
             reranked.outcome, reranked.reason = "skipped", "no_hits"
         record.outcome, record.reason = reranked.outcome, reranked.reason
-        return Done(es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",))
+        return Done(
+            es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",), (reranked.teams,)
+        )
 
     async def _recall(
         self,
@@ -253,6 +262,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         items = msearch.split_msearch(decoded)
         if isinstance(items, Bypass):
@@ -299,19 +309,27 @@ class SearchPipeline:
             if window and isinstance(answer, dict):
                 jobs[i] = asyncio.ensure_future(
                     rerank_step.rerank_window(
-                        answer, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+                        answer,
+                        plan,
+                        settings,
+                        self.scorer,
+                        self.wall_clock(),
+                        meta.explain,
+                        record,
+                        _seed(interleave, i, plan, record),
                     )
                 )
             else:  # nothing to rerank; this search's own error keeps its place unchanged
                 reasons[i] = "no_hits" if window == [] else "elasticsearch_error"
         outcomes = ["skipped"] * len(plans)
+        teams: list[tuple[str, ...] | None] = [None] * len(plans)
         for i, job in jobs.items():
             reranked = await job
             responses[i] = reranked.page
-            outcomes[i], reasons[i] = reranked.outcome, reranked.reason or ""
+            outcomes[i], reasons[i], teams[i] = reranked.outcome, reranked.reason or "", reranked.teams
         record.outcome = next((o for o in ("applied", "degraded") if o in outcomes), "skipped")
         record.reason = _summarise(reasons) if any(reasons) else None
-        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons))
+        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons), tuple(teams))
 
     # --- shadow --------------------------------------------------------------------------------------
 
@@ -343,6 +361,15 @@ class SearchPipeline:
         if refusal is not None:
             record.outcome, record.reason = "dropped", refusal
             self._finish(record)
+
+
+def _seed(
+    interleave: Sequence[str | None] | None, i: int, plan: SearchPlan, record: SearchRecord
+) -> str | None:
+    """The interleaving seed of search `i` (None: rerank, not interleave)."""
+    if interleave is None:
+        return None
+    return query_seed(interleave[i] if i < len(interleave) else None, plan.query_text, record.client)
 
 
 def _summarise(reasons: Sequence[str]) -> str:
