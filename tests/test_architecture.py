@@ -28,6 +28,8 @@ PURE = (
     "search.msearch",
     "rollout.canary",
     "rollout.interleave",
+    "search.ubi",
+    "observe.ubi_queries",
     "rollout.order_stats",
 )
 
