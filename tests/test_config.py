@@ -207,3 +207,12 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("serve", "check-config"):
         assert command in result.stdout
+
+
+def test_ubi_api_key_comes_from_the_environment_and_is_masked() -> None:
+    config = load_config(
+        environ={"ES_RERANK_PROXY_UBI_ELASTICSEARCH_API_KEY": "k3y", "ES_RERANK_PROXY_UBI_RECORD_ALL": "true"}
+    )
+    assert config.ubi.elasticsearch.api_key == "k3y"
+    assert config.ubi.record_all is True
+    assert config_to_dict(config)["ubi"]["elasticsearch"]["api_key"] == "***"

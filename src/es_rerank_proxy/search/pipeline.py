@@ -25,8 +25,12 @@ from ..model.scoring import Scorer
 from ..observe.record import SearchRecord
 from ..rollout import canary
 from ..rollout.interleave import query_seed
-from . import msearch, rerank_step
+from . import msearch, rerank_step, ubi_tap
 from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
+from .result import Done as Done
+from .result import EsAnswer as EsAnswer
+from .result import Failed as Failed
+from .result import Result as Result
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,32 +39,6 @@ RERANK_HEADER = "X-Rerank"
 REASON_HEADER = "X-Rerank-Reason"
 
 
-@dataclass(frozen=True, slots=True)
-class EsAnswer:
-    """Elasticsearch answered the rewritten request with an error: the client gets it unchanged."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: UpstreamError
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """A reranked (or degraded) answer, ready to serialise."""
-
-    headers: CIMultiDictProxy[str]
-    body: dict[str, object]
-    outcomes: tuple[str, ...]
-    reasons: tuple[str, ...]
-    teams: tuple[tuple[str, ...] | None, ...] = ()  # per search, when interleaved
-
-
-Result = Bypass | EsAnswer | Failed | Done
 Observer = Callable[[SearchRecord], None]
 StartShadow = Callable[[Callable[[], Awaitable[None]]], str | None]  # the refusal, if any
 
@@ -76,6 +54,7 @@ class SearchPipeline:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
     start_shadow: StartShadow | None = None
+    record_query: ubi_tap.Sink | None = None  # takes each UBI query record; must not block
 
     async def handle(self, request: web.Request, endpoint: SearchEndpoint) -> web.StreamResponse:
         settings = self.settings()
@@ -104,21 +83,45 @@ class SearchPipeline:
             request.headers.get("X-Rerank-Token"),
         )
         record.mode = decision.mode
+        ubi_cfg = settings.config.ubi
+        body, tap = ubi_tap.open_tap(
+            endpoint.kind, body, request, record=ubi_cfg.record, record_all=ubi_cfg.record_all
+        )
+        record.query_id = tap.header
         try:
-            if decision.mode == "off":
-                return await self._forward(request, body, record, "skipped", "canary_off")
-            if body.decoded is None:
-                return await self._forward(request, body, record, "skipped", "undecodable_body")
-            meta = http_io.SearchRequest.capture(request)
-            if decision.mode == "shadow":
-                response = await self._forward(request, body, record, "shadow", None)
-                self._shadow(meta, endpoint, body.decoded, settings, record.client)
-                return response
-            interleave = () if decision.mode == "interleave" else None
-            result = await self.run(meta, endpoint, body.decoded, settings, record, interleave=interleave)
-            return await self._respond(request, meta, body, result, record)
+            result, response = await self._answer(
+                request, endpoint, body, settings, record, decision.mode, tap
+            )
+            done = result if isinstance(result, Done) else None
+            ubi_tap.schedule_records(
+                tap, self.record_query, decision.mode, response, done, record, self.wall_clock()
+            )
+            return response
         finally:
             self._finish(record)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        endpoint: SearchEndpoint,
+        body: http_io.Body,
+        settings: Settings,
+        record: SearchRecord,
+        mode: str,
+        tap: ubi_tap.QueryTap,
+    ) -> tuple[Result | None, web.StreamResponse]:
+        if mode == "off":
+            return None, await self._forward(request, body, record, "skipped", "canary_off")
+        if body.decoded is None:
+            return None, await self._forward(request, body, record, "skipped", "undecodable_body")
+        meta = http_io.SearchRequest.capture(request)
+        if mode == "shadow":
+            response = await self._forward(request, body, record, "shadow", None)
+            self._shadow(meta, endpoint, body.decoded, settings, record.client)
+            return None, response
+        interleave = tap.ubi_query_ids() if mode == "interleave" else None
+        result = await self.run(meta, endpoint, body.decoded, settings, record, interleave=interleave)
+        return result, await self._respond(request, meta, body, result, record)
 
     async def run(
         self,
@@ -161,6 +164,8 @@ class SearchPipeline:
             extra = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
             return http_io.raw_response(result.status, result.headers, result.payload, extra)
         extra = {RERANK_HEADER: ",".join(result.outcomes), "Server-Timing": record.server_timing()}
+        if record.query_id:
+            extra[ubi_tap.QUERY_ID_HEADER] = record.query_id
         if any(result.reasons):
             extra[REASON_HEADER] = ",".join(reason or "-" for reason in result.reasons)
         return http_io.json_response(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
@@ -173,6 +178,8 @@ class SearchPipeline:
         headers = {RERANK_HEADER: outcome}
         if reason:
             headers[REASON_HEADER] = reason
+        if record.query_id:
+            headers[ubi_tap.QUERY_ID_HEADER] = record.query_id
         return await passthrough.forward(request, self.es, body=body.raw, extra_headers=headers)
 
     def _finish(self, record: SearchRecord) -> None:
