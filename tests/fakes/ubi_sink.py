@@ -41,7 +41,7 @@ async def ubi_sink() -> AsyncIterator[UbiSink]:
         documents = lines[1::2]
         if 200 <= state.item_status < 300:
             state.documents.extend(documents)
-        items = [{"index": {"_index": "ubi_queries", "status": state.item_status}} for _ in documents]
+        items = [{"create": {"_index": "ubi_queries", "status": state.item_status}} for _ in documents]
         return web.json_response({"took": 1, "errors": state.item_status >= 300, "items": items})
 
     async def template(request: web.Request) -> web.Response:

@@ -114,7 +114,8 @@ class UbiRecorder:
                 raise
 
     async def _write(self, batch: list[dict[str, object]]) -> None:
-        action = orjson.dumps({"index": {"_index": self._cfg.queries_index}})
+        # `create`, not `index`: the least-privilege key needs only create_doc, and never overwrites.
+        action = orjson.dumps({"create": {"_index": self._cfg.queries_index}})
         body = b"".join(action + b"\n" + orjson.dumps(doc) + b"\n" for doc in batch)
         result = await self._send("POST", "/_bulk", body, "application/x-ndjson")
         if isinstance(result, str):
