@@ -169,6 +169,16 @@ def test_interleaved_record_credits_each_shown_hit_to_a_team(
     assert set(teams) == {"es", "rerank"}
 
 
+def test_one_ubi_query_id_cuts_every_page_from_one_interleaving(reranking_proxy: StartProxy) -> None:
+    ubi = _ubi()
+    with reranking_proxy({"rerank": 1.0}, canary={"default": "interleave"}) as proxy:
+        whole = _ids(_search(proxy, 0, 20, ubi))
+        pages = _ids(_search(proxy, 0, 10, ubi)) + _ids(_search(proxy, 10, 10, ubi))
+        others = {tuple(_ids(_search(proxy, 0, 20, _ubi(query_id=f"seed-{i}")))) for i in range(8)}
+    assert pages == whole
+    assert len(others) > 1, "another query id draws another coin"
+
+
 @pytest.mark.parametrize(("mode", "reason"), [("off", "canary_off"), ("shadow", "shadow")])
 def test_forwarded_search_record_holds_elasticsearchs_page(
     reranking_proxy: StartProxy, es_direct: Elasticsearch, mode: str, reason: str
