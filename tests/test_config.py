@@ -126,7 +126,10 @@ def test_url_may_be_a_single_string_or_a_list() -> None:
             "elasticsearch.ssl_assert_fingerprint: expected",
         ),
         ({"log": {"query_text": "yes"}}, "log.query_text: expected true or false, got 'yes'"),
-        ({"canary": {"default": "on"}}, "canary.default: expected one of off | rerank | shadow, got 'on'"),
+        (
+            {"canary": {"default": "on"}},
+            "canary.default: expected one of off | rerank | shadow | interleave, got 'on'",
+        ),
         ({"canary": {"percent": 120}}, "canary.percent: expected a number from 0 to 100, got 120"),
         (
             {"canary": {"trusted_proxies": ["10.0.0.0/33"]}},
@@ -235,3 +238,12 @@ def test_redact_url_hides_user_info_only(url: str, shown: str) -> None:
     from es_rerank_proxy.config import redact_url
 
     assert redact_url(url) == shown
+
+
+def test_ubi_api_key_comes_from_the_environment_and_is_masked() -> None:
+    config = load_config(
+        environ={"ES_RERANK_PROXY_UBI_ELASTICSEARCH_API_KEY": "k3y", "ES_RERANK_PROXY_UBI_RECORD_ALL": "true"}
+    )
+    assert config.ubi.elasticsearch.api_key == "k3y"
+    assert config.ubi.record_all is True
+    assert config_to_dict(config)["ubi"]["elasticsearch"]["api_key"] == "***"

@@ -25,9 +25,14 @@ from ..model.scoring import Scorer
 from ..observe.fault_log import FaultLog
 from ..observe.record import SearchRecord
 from ..rollout import canary
-from . import msearch, rerank_step
+from ..rollout.interleave import query_seed
+from . import msearch, rerank_step, ubi_tap
 from .guard import header_list, msearch_searches
 from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
+from .result import Done as Done
+from .result import EsAnswer as EsAnswer
+from .result import Failed as Failed
+from .result import Result as Result
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,31 +41,6 @@ RERANK_HEADER = "X-Rerank"
 REASON_HEADER = "X-Rerank-Reason"
 
 
-@dataclass(frozen=True, slots=True)
-class EsAnswer:
-    """Elasticsearch answered the rewritten request with an error: the client gets it unchanged."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: UpstreamError
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """A reranked (or degraded) answer, ready to serialise."""
-
-    headers: CIMultiDictProxy[str]
-    body: dict[str, object]
-    outcomes: tuple[str, ...]
-    reasons: tuple[str, ...]
-
-
-Result = Bypass | EsAnswer | Failed | Done
 Observer = Callable[[SearchRecord], None]
 StartShadow = Callable[[Callable[[], Awaitable[None]]], str | None]  # the refusal, if any
 
@@ -77,6 +57,7 @@ class SearchPipeline:
     # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
     start_shadow: StartShadow | None = None
     faults: FaultLog = field(default_factory=lambda: FaultLog(log))
+    record_query: ubi_tap.Sink | None = None  # takes each UBI query record; must not block
 
     async def handle(self, request: web.Request, endpoint: SearchEndpoint) -> web.StreamResponse:
         settings = self.settings()
@@ -106,20 +87,41 @@ class SearchPipeline:
                 http_io.readable_header(request.headers.get("X-Rerank-Token")),
             )
             record.mode = decision.mode
-            if decision.mode == "off":
-                return await self._forward(request, body, record, "skipped", "canary_off")
-            if body.decoded is None:
-                return await self._forward(request, body, record, "skipped", body.refusal)
-            if decision.mode == "shadow":
-                response = await self._forward(request, body, record, "shadow", None)
-                self._shadow(request, endpoint, body.decoded, settings, record.client)
-                return response
-            answer = await self._answer(request, endpoint, body.decoded, settings, record)
-            if isinstance(answer, Bypass):
-                return await self._forward(request, body, record, "skipped", answer.reason)
-            return answer
+            tap = self._open_tap(endpoint, body, request, settings)
+            if tap is None:
+                return await self._forward(request, body, record, "skipped", "proxy_error")
+            body, query_tap = tap
+            record.query_id = query_tap.header
+            result, response = await self._route(
+                request, endpoint, body, settings, record, decision.mode, query_tap
+            )
+            self._record_ubi(query_tap, decision.mode, response, result, record)
+            return response
         finally:
             self._finish(record)
+
+    async def _route(
+        self,
+        request: web.Request,
+        endpoint: SearchEndpoint,
+        body: http_io.Body,
+        settings: Settings,
+        record: SearchRecord,
+        mode: str,
+        tap: ubi_tap.QueryTap,
+    ) -> tuple[Result | None, web.StreamResponse]:
+        if mode == "off":
+            return None, await self._forward(request, body, record, "skipped", "canary_off")
+        if body.decoded is None:
+            return None, await self._forward(request, body, record, "skipped", body.refusal)
+        if mode == "shadow":
+            response = await self._forward(request, body, record, "shadow", None)
+            self._shadow(request, endpoint, body.decoded, settings, record.client)
+            return None, response
+        answer = await self._answer(request, endpoint, body.decoded, settings, record, mode, tap)
+        if isinstance(answer, Bypass):
+            return answer, await self._forward(request, body, record, "skipped", answer.reason)
+        return answer
 
     async def _answer(
         self,
@@ -128,7 +130,9 @@ class SearchPipeline:
         decoded: bytes,
         settings: Settings,
         record: SearchRecord,
-    ) -> web.Response | Bypass:
+        mode: str,
+        tap: ubi_tap.QueryTap,
+    ) -> tuple[Result, web.Response] | Bypass:
         """The reranked answer, ready to send; or why the client's own request should go instead.
 
         Nothing has been sent to the client yet, so an exception nobody planned for (a bug, a body shape
@@ -136,11 +140,40 @@ class SearchPipeline:
         """
         try:
             meta = http_io.SearchRequest.capture(request)
-            result = await self.run(meta, endpoint, decoded, settings, record)
-            return result if isinstance(result, Bypass) else self._respond(meta, result, record)
+            interleave = tap.ubi_query_ids() if mode == "interleave" else None
+            result = await self.run(meta, endpoint, decoded, settings, record, interleave=interleave)
+            return result if isinstance(result, Bypass) else (result, self._respond(meta, result, record))
         except Exception as exc:
             self.faults.report(exc, f"reranking a {endpoint.kind}")
             return Bypass("proxy_error")
+
+    def _open_tap(
+        self, endpoint: SearchEndpoint, body: http_io.Body, request: web.Request, settings: Settings
+    ) -> tuple[http_io.Body, ubi_tap.QueryTap] | None:
+        """The body without `ext.ubi` and its query records' ids; None when that failed unplanned."""
+        ubi_cfg = settings.config.ubi
+        try:
+            return ubi_tap.open_tap(
+                endpoint.kind, body, request, record=ubi_cfg.record, record_all=ubi_cfg.record_all
+            )
+        except Exception as exc:
+            self.faults.report(exc, f"reading ext.ubi of a {endpoint.kind}")
+            return None
+
+    def _record_ubi(
+        self,
+        tap: ubi_tap.QueryTap,
+        mode: str,
+        response: web.StreamResponse,
+        result: Result | None,
+        record: SearchRecord,
+    ) -> None:
+        """Hand the query records to the recorder; the answer is ready and nothing here may spoil it."""
+        try:
+            done = result if isinstance(result, Done) else None
+            ubi_tap.schedule_records(tap, self.record_query, mode, response, done, record, self.wall_clock())
+        except Exception as exc:
+            self.faults.report(exc, "recording a UBI query")
 
     async def run(
         self,
@@ -151,15 +184,17 @@ class SearchPipeline:
         record: SearchRecord,
         *,
         shadow: bool = False,
+        interleave: Sequence[str | None] | None = None,
     ) -> Result:
         """Plan, recall and rerank one request; nothing is sent to the client here.
 
         A `shadow` run recalls only what decides the reranked order (shadow_plan): its answer has
         already been sent, and every extra millisecond of Elasticsearch's time is taken from live searches.
+        `interleave` (the UBI query id of each search, where known) interleaves instead of reranking.
         """
         if endpoint.kind == "search":
-            return await self._run_search(meta, endpoint, decoded, settings, record, shadow)
-        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow)
+            return await self._run_search(meta, endpoint, decoded, settings, record, shadow, interleave)
+        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow, interleave)
 
     # --- answering ----------------------------------------------------------------------------------
 
@@ -174,6 +209,8 @@ class SearchPipeline:
             extra = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
             return http_io.raw_response(result.status, result.headers, result.payload, extra)
         extra = {RERANK_HEADER: header_list(result.outcomes), "Server-Timing": record.server_timing()}
+        if record.query_id:
+            extra[ubi_tap.QUERY_ID_HEADER] = record.query_id
         if any(result.reasons):
             extra[REASON_HEADER] = header_list([reason or "-" for reason in result.reasons])
         return http_io.json_response(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
@@ -191,6 +228,8 @@ class SearchPipeline:
         headers = {RERANK_HEADER: outcome}
         if reason:
             headers[REASON_HEADER] = reason
+        if record.query_id:
+            headers[ubi_tap.QUERY_ID_HEADER] = record.query_id
         return await passthrough.forward(request, self.es, body=body.raw, extra_headers=headers)
 
     def _finish(self, record: SearchRecord) -> None:
@@ -214,6 +253,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         plan = plan_search(
             decoded, meta.params, endpoint.indices, settings.config.rerank, settings.needed, meta.header_query
@@ -231,14 +271,17 @@ class SearchPipeline:
         if rerank_step.hits_list(es_response) is None:
             # Not the answer shape we know how to keep exact: ask again with the client's own request.
             return Bypass("unexpected_response")
+        seed = _seed(interleave, 0, plan, record)
         reranked = await rerank_step.rerank_window(
-            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record, seed
         )
         if not rerank_step.hits_list(es_response):
             # Nothing to rerank, but the window still has to be cut back to the client's page.
             reranked.outcome, reranked.reason = "skipped", "no_hits"
         record.outcome, record.reason = reranked.outcome, reranked.reason
-        return Done(es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",))
+        return Done(
+            es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",), (reranked.teams,)
+        )
 
     async def _recall(
         self,
@@ -276,6 +319,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         rerank_cfg = settings.config.rerank
         if msearch_searches(decoded) > rerank_cfg.max_msearch_searches:
@@ -324,12 +368,20 @@ class SearchPipeline:
             if window and isinstance(answer, dict):
                 jobs[i] = asyncio.ensure_future(
                     rerank_step.rerank_window(
-                        answer, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+                        answer,
+                        plan,
+                        settings,
+                        self.scorer,
+                        self.wall_clock(),
+                        meta.explain,
+                        record,
+                        _seed(interleave, i, plan, record),
                     )
                 )
             else:  # nothing to rerank; this search's own error keeps its place unchanged
                 reasons[i] = "no_hits" if window == [] else "elasticsearch_error"
         outcomes = ["skipped"] * len(plans)
+        teams: list[tuple[str, ...] | None] = [None] * len(plans)
         finished = await asyncio.gather(*jobs.values(), return_exceptions=True)
         for failure in finished:
             if isinstance(failure, BaseException):
@@ -337,10 +389,10 @@ class SearchPipeline:
         for i, reranked in zip(jobs, finished, strict=True):
             assert not isinstance(reranked, BaseException)
             responses[i] = reranked.page
-            outcomes[i], reasons[i] = reranked.outcome, reranked.reason or ""
+            outcomes[i], reasons[i], teams[i] = reranked.outcome, reranked.reason or "", reranked.teams
         record.outcome = next((o for o in ("applied", "degraded") if o in outcomes), "skipped")
         record.reason = _summarise(reasons) if any(reasons) else None
-        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons))
+        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons), tuple(teams))
 
     # --- shadow --------------------------------------------------------------------------------------
 
@@ -376,6 +428,15 @@ class SearchPipeline:
         if refusal is not None:
             record.outcome, record.reason = "dropped", refusal
             self._finish(record)
+
+
+def _seed(
+    interleave: Sequence[str | None] | None, i: int, plan: SearchPlan, record: SearchRecord
+) -> str | None:
+    """The interleaving seed of search `i` (None: rerank, not interleave)."""
+    if interleave is None:
+        return None
+    return query_seed(interleave[i] if i < len(interleave) else None, plan.query_text, record.client)
 
 
 def _summarise(reasons: Sequence[str]) -> str:
