@@ -23,7 +23,6 @@ from es_rerank_proxy.tools.datasets import load_collection
 from es_rerank_proxy.tools.local_elasticsearch import free_port
 from es_rerank_proxy.tools.online_report import format_report
 from es_rerank_proxy.tools.online_stats import (
-    METRICS,
     Estimate,
     bootstrap_difference,
     interleave_verdict,
@@ -58,8 +57,7 @@ def ab_difference_after(
     ordered = sorted(rows, key=lambda row: row.search.timestamp)[:searches]
     treated = [row for row in ordered if row.search.arm == "rerank"]
     control = [row for row in ordered if row.search.arm == "off"]
-    first_click = [metric for metric in METRICS if metric.name == "first_click_rate"]
-    estimate = bootstrap_difference(treated, control, first_click, resamples, random.Random(seed))
+    estimate = bootstrap_difference(treated, control, resamples, random.Random(seed))
     return len(treated), len(control), estimate["first_click_rate"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .ubi_records import SearchClicks
@@ -19,74 +19,83 @@ ES_TEAM = "es"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Metric:
-    """How one number is computed over a list of searches, and what it means."""
+    """One number the report gives per arm, and how to show it."""
 
     name: str
     label: str
-    compute: Callable[[Sequence[SearchClicks]], float | None]
     percent: bool = True
 
 
-def _shown(rows: Sequence[SearchClicks]) -> list[SearchClicks]:
-    return [row for row in rows if row.search.hit_ids]
-
-
-def _clicked(rows: Sequence[SearchClicks]) -> list[SearchClicks]:
-    return [row for row in rows if row.clicked]
-
-
-def _share(rows: Sequence[SearchClicks], test: Callable[[SearchClicks], bool]) -> float | None:
-    return sum(1 for row in rows if test(row)) / len(rows) if rows else None
-
-
-def click_through_rate(rows: Sequence[SearchClicks]) -> float | None:
-    """Clicked results over results shown."""
-    shown = sum(len(row.search.hit_ids) for row in rows)
-    return sum(len(row.ranks) for row in rows) / shown if shown else None
-
-
-def first_click_rate(rows: Sequence[SearchClicks]) -> float | None:
-    """Of the searches with a click, the share whose first click was on the first result."""
-    return _share(_clicked(rows), lambda row: row.ranks[0] == 1)
-
-
-def first_click_mrr(rows: Sequence[SearchClicks]) -> float | None:
-    """Of the searches with a click, the mean reciprocal rank of the first click (0 when not placeable)."""
-    clicked = _clicked(rows)
-    if not clicked:
-        return None
-    return sum(1.0 / row.ranks[0] if row.ranks[0] else 0.0 for row in clicked) / len(clicked)
-
-
-def abandonment_rate(rows: Sequence[SearchClicks]) -> float | None:
-    """Of the searches that showed results, the share without any click."""
-    return _share(_shown(rows), lambda row: not row.clicked)
-
-
-def zero_result_rate(rows: Sequence[SearchClicks]) -> float | None:
-    """The share of searches that showed no result."""
-    return _share(rows, lambda row: not row.search.hit_ids)
-
-
-def median_seconds_to_first_click(rows: Sequence[SearchClicks]) -> float | None:
-    """The median time from the search to its first click, over searches with a click."""
-    delays = [row.seconds_to_first_click for row in rows if row.seconds_to_first_click is not None]
-    return statistics.median(delays) if delays else None
-
-
 METRICS = (
-    Metric(name="ctr", label="click-through rate", compute=click_through_rate),
-    Metric(name="first_click_rate", label="first click on result 1", compute=first_click_rate),
-    Metric(name="mrr", label="MRR of the first click", compute=first_click_mrr, percent=False),
-    Metric(name="abandonment", label="abandonment (no click)", compute=abandonment_rate),
-    Metric(name="zero_results", label="zero-result searches", compute=zero_result_rate),
-    Metric(
-        name="seconds_to_first_click",
-        label="median s to first click",
-        compute=median_seconds_to_first_click,
-        percent=False,
-    ),
+    # clicked results over results shown
+    Metric(name="ctr", label="click-through rate"),
+    # of the searches with a click, the share whose first click was on the first result
+    Metric(name="first_click_rate", label="first click on result 1"),
+    # of the searches with a click, the mean reciprocal rank of the first (0 when it cannot be placed)
+    Metric(name="mrr", label="MRR of the first click", percent=False),
+    # of the searches that showed results, the share without any click
+    Metric(name="abandonment", label="abandonment (no click)"),
+    # the share of searches that showed no result
+    Metric(name="zero_results", label="zero-result searches"),
+    # the median time from the search to its first click
+    Metric(name="seconds_to_first_click", label="median s to first click", percent=False),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What the metrics read of one search, taken once so that resampling stays cheap."""
+
+    shown: int
+    clicks: int
+    first_rank: int | None  # None: no click; 0: a click that could not be placed
+    delay: float | None
+
+
+def _facts(row: SearchClicks) -> _Facts:
+    return _Facts(
+        len(row.search.hit_ids),
+        len(row.ranks),
+        (row.ranks[0] or 0) if row.ranks else None,
+        row.seconds_to_first_click,
+    )
+
+
+def _ratio(numerator: float, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _summarise(facts: Sequence[_Facts]) -> dict[str, float | None]:
+    shown = clicks = with_results = abandoned = zero = clicked = first_on_top = 0
+    reciprocal = 0.0
+    delays: list[float] = []
+    for fact in facts:
+        shown += fact.shown
+        clicks += fact.clicks
+        if fact.shown:
+            with_results += 1
+            abandoned += fact.first_rank is None
+        else:
+            zero += 1
+        if fact.first_rank is not None:
+            clicked += 1
+            first_on_top += fact.first_rank == 1
+            reciprocal += 1.0 / fact.first_rank if fact.first_rank else 0.0
+        if fact.delay is not None:
+            delays.append(fact.delay)
+    return {
+        "ctr": _ratio(clicks, shown),
+        "first_click_rate": _ratio(first_on_top, clicked),
+        "mrr": _ratio(reciprocal, clicked),
+        "abandonment": _ratio(abandoned, with_results),
+        "zero_results": _ratio(zero, len(facts)),
+        "seconds_to_first_click": statistics.median(delays) if delays else None,
+    }
+
+
+def metric_values(rows: Sequence[SearchClicks]) -> dict[str, float | None]:
+    """Every metric of METRICS over these searches, by name (None where there is nothing to divide by)."""
+    return _summarise([_facts(row) for row in rows])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,45 +155,42 @@ def _interval(samples: list[float]) -> tuple[float | None, float | None]:
     return _percentile(samples, 0.025), _percentile(samples, 0.975)
 
 
-def bootstrap(
-    rows: Sequence[SearchClicks], metrics: Sequence[Metric], resamples: int, rng: random.Random
-) -> dict[str, Estimate]:
+def bootstrap(rows: Sequence[SearchClicks], resamples: int, rng: random.Random) -> dict[str, Estimate]:
     """Each metric with the 2.5/97.5 percentiles of its value over `resamples` resamples of the searches."""
-    samples: dict[str, list[float]] = {metric.name: [] for metric in metrics}
-    for _ in range(resamples if rows else 0):
-        resample = rng.choices(rows, k=len(rows))
-        for metric in metrics:
-            value = metric.compute(resample)
+    facts = [_facts(row) for row in rows]
+    samples: dict[str, list[float]] = {metric.name: [] for metric in METRICS}
+    for _ in range(resamples if facts else 0):
+        for name, value in _summarise(rng.choices(facts, k=len(facts))).items():
             if value is not None:
-                samples[metric.name].append(value)
+                samples[name].append(value)
+    values = _summarise(facts)
     return {
-        metric.name: Estimate(value=metric.compute(rows), low=low, high=high)
-        for metric in metrics
-        for low, high in [_interval(samples[metric.name])]
+        name: Estimate(value=values[name], low=low, high=high)
+        for name in samples
+        for low, high in [_interval(samples[name])]
     }
 
 
 def bootstrap_difference(
-    treated: Sequence[SearchClicks],
-    control: Sequence[SearchClicks],
-    metrics: Sequence[Metric],
-    resamples: int,
-    rng: random.Random,
+    treated: Sequence[SearchClicks], control: Sequence[SearchClicks], resamples: int, rng: random.Random
 ) -> dict[str, Estimate]:
     """Each metric's treated - control with an interval from resampling both arms independently."""
-    samples: dict[str, list[float]] = {metric.name: [] for metric in metrics}
-    for _ in range(resamples if treated and control else 0):
-        resampled_treated = rng.choices(treated, k=len(treated))
-        resampled_control = rng.choices(control, k=len(control))
-        for metric in metrics:
-            a, b = metric.compute(resampled_treated), metric.compute(resampled_control)
-            if a is not None and b is not None:
-                samples[metric.name].append(a - b)
+    treated_facts, control_facts = [_facts(row) for row in treated], [_facts(row) for row in control]
+    samples: dict[str, list[float]] = {metric.name: [] for metric in METRICS}
+    for _ in range(resamples if treated_facts and control_facts else 0):
+        a = _summarise(rng.choices(treated_facts, k=len(treated_facts)))
+        b = _summarise(rng.choices(control_facts, k=len(control_facts)))
+        for name in samples:
+            a_value, b_value = a[name], b[name]
+            if a_value is not None and b_value is not None:
+                samples[name].append(a_value - b_value)
+    a, b = _summarise(treated_facts), _summarise(control_facts)
     estimates: dict[str, Estimate] = {}
-    for metric in metrics:
-        a, b = metric.compute(treated), metric.compute(control)
-        low, high = _interval(samples[metric.name])
-        estimates[metric.name] = Estimate(value=None if a is None or b is None else a - b, low=low, high=high)
+    for name in samples:
+        a_value, b_value = a[name], b[name]
+        low, high = _interval(samples[name])
+        value = None if a_value is None or b_value is None else a_value - b_value
+        estimates[name] = Estimate(value=value, low=low, high=high)
     return estimates
 
 
@@ -244,7 +250,6 @@ def online_report(
     resamples: int = 1000,
     seed: int = 0,
     min_searches: int = MIN_SEARCHES,
-    metrics: Sequence[Metric] = METRICS,
 ) -> OnlineReport:
     """Everything the `online-report` command prints, from joined searches; same seed, same intervals."""
     rng = random.Random(seed)
@@ -257,11 +262,11 @@ def online_report(
             searches=len(arm_rows),
             degraded=sum(1 for row in arm_rows if row.search.outcome == "degraded"),
             enough=enough,
-            metrics=bootstrap(arm_rows, metrics, resamples if enough else 0, rng),
+            metrics=bootstrap(arm_rows, resamples if enough else 0, rng),
         )
     difference = None
     if all(arm in arms and arms[arm].enough for arm in ("rerank", "off")):
-        difference = bootstrap_difference(grouped["rerank"], grouped["off"], metrics, resamples, rng)
+        difference = bootstrap_difference(grouped["rerank"], grouped["off"], resamples, rng)
     interleaved = grouped.get("interleave", [])
     return OnlineReport(
         arms=arms,
