@@ -16,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+import orjson
 
 from es_rerank_proxy.config import Config, config_from_dict, config_to_dict
 from es_rerank_proxy.tools import demo
-from es_rerank_proxy.tools.datasets import load_collection
+from es_rerank_proxy.tools.datasets import index_collection, load_collection, subset
+from es_rerank_proxy.tools.eval_run import default_body
 from es_rerank_proxy.tools.local_elasticsearch import free_port
 from es_rerank_proxy.tools.online_report import format_report
 from es_rerank_proxy.tools.online_stats import (
@@ -30,7 +32,15 @@ from es_rerank_proxy.tools.online_stats import (
 )
 from es_rerank_proxy.tools.ubi_reader import read_searches_and_clicks
 from es_rerank_proxy.tools.ubi_records import SearchClicks
-from simulate_clicks import AB_NETWORK, INTERLEAVE_NETWORK, CascadeUser, simulate, simulated_clients
+from simulate_clicks import (
+    AB_NETWORK,
+    FIELDS,
+    INDEX,
+    INTERLEAVE_NETWORK,
+    CascadeUser,
+    simulate,
+    simulated_clients,
+)
 
 # --- the measurement --------------------------------------------------------------------------------
 
@@ -100,6 +110,26 @@ def simulation_config(es_url: str, embeddings_url: str) -> Config:
     return config_from_dict(data)
 
 
+async def load_subset(
+    es_url: str, query_ids: Sequence[str], per_query: int, session: aiohttp.ClientSession
+) -> None:
+    """Index SciFact, then replace it with the queries' judged documents and BM25's top `per_query` for
+    each: noida-db scans every document per search, and a fifth of the corpus makes a run take minutes."""
+    collection = load_collection("scifact")
+    await demo.load_scifact(es_url, collection, session)
+    top: dict[str, list[str]] = {}
+    for qid in query_ids:
+        body = orjson.dumps(default_body(collection.queries[qid], FIELDS, per_query))
+        async with session.post(
+            f"{es_url}/{INDEX}/_search", data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            answer = orjson.loads(await response.read())
+        top[qid] = [str(hit["_id"]) for hit in answer["hits"]["hits"]]
+    small = subset(collection, len(query_ids), per_query, top)
+    print(f"corpus: {len(small.corpus)} of {len(collection.corpus)} abstracts", file=sys.stderr)
+    await index_collection(es_url, INDEX, small.corpus, session=session, recreate=True)
+
+
 async def run_demo_measurement(
     args: argparse.Namespace,
     user: CascadeUser,
@@ -116,7 +146,7 @@ async def run_demo_measurement(
     with demo.local_services(data_dir) as (es_url, embeddings_url):
         config = simulation_config(es_url, embeddings_url)
         async with aiohttp.ClientSession() as session:
-            await demo.load_scifact(es_url, load_collection("scifact"), session)
+            await load_subset(es_url, list(queries), args.candidates, session)
             candidates = await demo.bm25_candidates(es_url, queries, session, config.rerank.top_n)
         async with demo.running_proxy(config) as runtime:
             await demo.warm_candidates(runtime, es_url, candidates)

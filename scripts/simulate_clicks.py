@@ -271,6 +271,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--queries", type=int, default=100, help="distinct SciFact test queries (default 100)"
     )
+    parser.add_argument(
+        "--candidates", type=int, default=30, help="with --demo: BM25's top N per query kept in the corpus"
+    )
     parser.add_argument("--users", type=int, default=300, help="simulated users per population")
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--network", default=AB_NETWORK, help="with --proxy: the users' addresses")
