@@ -23,13 +23,13 @@ def add_online_report_parser(subparsers: argparse._SubParsersAction[argparse.Arg
         help="per canary arm, what users clicked (UBI searches and events in Elasticsearch)",
         description="Join the proxy's UBI search records (ubi_queries) with the frontend's click events "
         "(ubi_events) and print, per arm, click-through, first-click rate, MRR of the first click, "
-        "abandonment, zero-result rate and time to first click with 95%% bootstrap intervals; rerank - off; "
+        "abandonment, zero-result rate and time to first click with 95% bootstrap intervals; rerank - off; "
         "and interleaving's wins, ties and losses with a sign test.",
     )
     add_ubi_source_arguments(report)
     report.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     report.add_argument("--plot", metavar="OUT.png", help="also draw each arm's metrics with intervals")
-    report.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples")
+    report.add_argument("--resamples", type=int, default=1000, metavar="N", help="bootstrap resamples (1000)")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same intervals)")
 
 

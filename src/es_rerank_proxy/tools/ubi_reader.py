@@ -28,10 +28,14 @@ def add_ubi_source_arguments(parser: argparse.ArgumentParser) -> None:
     """`--es URL [--api-key K] [--since 7d] [--application A]` and the two index names."""
     parser.add_argument("--es", required=True, metavar="URL", help="Elasticsearch holding the UBI indices")
     parser.add_argument("--api-key", metavar="KEY", help="an Elasticsearch API key with read on ubi_*")
-    parser.add_argument("--since", default="7d", type=since_argument, help="how far back: 30m, 12h, 7d, 2w")
+    parser.add_argument(
+        "--since", default="7d", type=since_argument, help="how far back: 30m, 12h, 7d (default), 2w"
+    )
     parser.add_argument("--application", metavar="A", help="only searches of this UBI application")
-    parser.add_argument("--queries-index", default=QUERIES_INDEX, metavar="INDEX", help="default ubi_queries")
-    parser.add_argument("--events-index", default=EVENTS_INDEX, metavar="INDEX", help="default ubi_events")
+    parser.add_argument(
+        "--queries-index", default=QUERIES_INDEX, metavar="INDEX", help="(default ubi_queries)"
+    )
+    parser.add_argument("--events-index", default=EVENTS_INDEX, metavar="INDEX", help="(default ubi_events)")
 
 
 async def read_from_arguments(args: argparse.Namespace) -> list[SearchClicks]:
