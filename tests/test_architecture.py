@@ -27,6 +27,9 @@ PURE = (
     "search.page",
     "search.msearch",
     "rollout.canary",
+    "rollout.interleave",
+    "search.ubi",
+    "observe.ubi_queries",
     "rollout.order_stats",
 )
 

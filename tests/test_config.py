@@ -126,7 +126,10 @@ def test_url_may_be_a_single_string_or_a_list() -> None:
             "elasticsearch.ssl_assert_fingerprint: expected",
         ),
         ({"log": {"query_text": "yes"}}, "log.query_text: expected true or false, got 'yes'"),
-        ({"canary": {"default": "on"}}, "canary.default: expected one of off | rerank | shadow, got 'on'"),
+        (
+            {"canary": {"default": "on"}},
+            "canary.default: expected one of off | rerank | shadow | interleave, got 'on'",
+        ),
         ({"canary": {"percent": 120}}, "canary.percent: expected a number from 0 to 100, got 120"),
         (
             {"canary": {"trusted_proxies": ["10.0.0.0/33"]}},
@@ -204,3 +207,12 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for command in ("serve", "check-config"):
         assert command in result.stdout
+
+
+def test_ubi_api_key_comes_from_the_environment_and_is_masked() -> None:
+    config = load_config(
+        environ={"ES_RERANK_PROXY_UBI_ELASTICSEARCH_API_KEY": "k3y", "ES_RERANK_PROXY_UBI_RECORD_ALL": "true"}
+    )
+    assert config.ubi.elasticsearch.api_key == "k3y"
+    assert config.ubi.record_all is True
+    assert config_to_dict(config)["ubi"]["elasticsearch"]["api_key"] == "***"

@@ -27,7 +27,7 @@ DEFAULT_INSTRUCTION = (
     "whose title and abstract best match what the searcher is looking for"
 )
 
-Mode = Literal["off", "rerank", "shadow"]
+Mode = Literal["off", "rerank", "shadow", "interleave"]
 RerankerApi = Literal["vllm", "tei", "cohere", "embeddings"]
 PromptFormat = Literal["qwen3", "none"]
 DocumentFormat = Literal["auto", "labelled", "plain"]
@@ -161,6 +161,8 @@ class CanaryConfig:
     # `rerank` so that a config without a canary section simply reranks; roll out with `off` plus rules.
     default: Mode = "rerank"
     percent: float = field(default=0.0, metadata={"min": 0, "max": 100})
+    # What the `percent` share gets: `rerank` for an A/B test against `default`, or `interleave`.
+    percent_mode: Mode = "rerank"
     salt: str = "es-rerank-proxy"
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     override_token: str = field(default="", metadata={"secret": True})
@@ -178,6 +180,27 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UbiElasticsearchConfig:
+    # Empty: the proxy's elasticsearch.url. Records never go out with a client's credentials.
+    url: tuple[str, ...] = ()
+    api_key: str = field(default="", metadata={"secret": True})
+    timeout_s: float = field(default=5.0, metadata={"min": 0.001})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UbiConfig:
+    record: bool = True  # write a ubi_queries document for each search that carries a UBI query id
+    record_all: bool = False  # ... and for every other search too, under a generated id (X-Query-Id)
+    queries_index: str = "ubi_queries"
+    events_index: str = "ubi_events"
+    create_templates: bool = True
+    max_pending: int = field(default=10_000, metadata=_min(0))
+    flush_s: float = field(default=1.0, metadata={"min": 0.01})
+    bulk_size: int = field(default=500, metadata=_min(1))
+    elasticsearch: UbiElasticsearchConfig = UbiElasticsearchConfig()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -187,6 +210,7 @@ class Config:
     blend: BlendConfig = BlendConfig()
     canary: CanaryConfig = CanaryConfig()
     log: LogConfig = LogConfig()
+    ubi: UbiConfig = UbiConfig()
 
 
 def load_config(
@@ -263,8 +287,9 @@ def _check_relations(config: Config) -> None:
     for section, urls in (
         ("elasticsearch.url", config.elasticsearch.url),
         ("reranker.url", config.reranker.url),
+        ("ubi.elasticsearch.url", config.ubi.elasticsearch.url),
     ):
-        if not urls:
+        if not urls and section != "ubi.elasticsearch.url":
             raise ConfigError(f"{section}: expected at least one URL, got an empty list")
         for i, url in enumerate(urls):
             if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):

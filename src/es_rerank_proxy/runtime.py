@@ -18,7 +18,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from .config import Config, RerankerConfig, load_config
-from .edge.upstream import Elasticsearch, create_session
+from .edge.upstream import Elasticsearch, build_ssl, create_session
 from .errors import ConfigError
 from .model.reranker import RerankerClient
 from .model.scoring import ScoreClient, Scorer
@@ -26,6 +26,7 @@ from .model.selftest import SelfTestResult, check_reranker
 from .observe.metrics import Metrics
 from .observe.record import SearchRecord
 from .observe.search_log import SEARCH_LOGGER, log_search
+from .observe.ubi_recorder import UbiRecorder
 from .rollout.shadow import ShadowLimits, ShadowRunner
 from .search.pipeline import SearchPipeline
 from .search.settings import Settings
@@ -33,7 +34,7 @@ from .search.settings import Settings
 log = logging.getLogger(__name__)
 
 # Sections whose resources (listeners, the Elasticsearch pool) are built once: changing them needs a restart.
-RESTART_SECTIONS = ("server", "admin", "elasticsearch")
+RESTART_SECTIONS = ("server", "admin", "elasticsearch", "ubi")
 
 
 class Runtime:
@@ -91,6 +92,7 @@ class Runtime:
             settings=lambda: self.settings,
             observe=self._observe,
             start_shadow=self.shadow.start,
+            record_query=self._start_ubi_recorder(config),
         )
         self.metrics.track_scorer(lambda: self.scorer.in_flight, lambda: self.scorer.breaker_states())
         self.metrics.track_elasticsearch(lambda: self.es.in_flight)
@@ -101,10 +103,22 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.shadow.aclose()
+        await self.ubi_recorder.aclose()
+        await self._ubi_session.close()
         await self.scorer.aclose()
         await _close_client(self.client)
         await self._model_session.close()
         await self._es_session.close()
+
+    def _start_ubi_recorder(self, config: Config) -> Callable[[dict[str, object]], None]:
+        # Its own small pool: the records go out with the proxy's key, never over a client's connection.
+        self._ubi_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, ssl=build_ssl(config.elasticsearch)),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        urls = config.ubi.elasticsearch.url or config.elasticsearch.url
+        self.ubi_recorder = UbiRecorder(self._ubi_session, config.ubi, urls, self.metrics.count_ubi_records)
+        return self.ubi_recorder.submit
 
     def _spawn(self, coroutine: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coroutine)

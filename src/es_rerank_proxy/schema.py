@@ -52,19 +52,26 @@ def describe(value: Any) -> str:
 
 
 def apply_environment(raw: dict[str, Any], environ: Mapping[str, str], root: Any, prefix: str) -> None:
-    """`<prefix><SECTION>_<KEY>` overrides a scalar key of a top-level section of `root` (for containers)."""
+    """`<prefix><SECTION>_<KEY>` (nested: `<SECTION>_<SUB>_<KEY>`) overrides a scalar key (for containers)."""
     for section in dataclasses.fields(root):
-        section_type = _resolved_hints(root)[section.name]
-        for key in dataclasses.fields(section_type):
-            hint = _resolved_hints(section_type)[key.name]
-            if dataclasses.is_dataclass(hint):
-                continue
-            name = f"{prefix}{section.name}_{key.name}".upper()
-            if name in environ:
-                value: Any = environ[name]
-                if typing.get_origin(hint) is tuple:
-                    value = [part.strip() for part in value.split(",") if part.strip()]
-                set_path(raw, [section.name, key.name], value, from_env=name)
+        _apply_section(raw, environ, _resolved_hints(root)[section.name], [section.name], prefix)
+
+
+def _apply_section(
+    raw: dict[str, Any], environ: Mapping[str, str], section_type: Any, path: list[str], prefix: str
+) -> None:
+    for key in dataclasses.fields(section_type):
+        hint = _resolved_hints(section_type)[key.name]
+        if dataclasses.is_dataclass(hint):
+            # Nested sections too (`ubi.elasticsearch.api_key`): a secret belongs in the environment.
+            _apply_section(raw, environ, hint, [*path, key.name], prefix)
+            continue
+        name = (prefix + "_".join([*path, key.name])).upper()
+        if name in environ:
+            value: Any = environ[name]
+            if typing.get_origin(hint) is tuple:
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            set_path(raw, [*path, key.name], value, from_env=name)
 
 
 def set_path(raw: dict[str, Any], keys: list[str], value: Any, from_env: str | None = None) -> None:

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from es_rerank_proxy.tools.local_elasticsearch import free_port
 
+_KEPT_BODY = 64 * 1024
+
 
 @dataclass
 class Recorded:
@@ -20,6 +22,7 @@ class Recorded:
     headers: dict[str, str]
     body_bytes: int
     body_sha256: str
+    body: bytes = b""  # the body itself, when small (up to 64 KiB)
 
 
 @dataclass
@@ -40,11 +43,15 @@ async def recording_upstream(port: int | None = None) -> AsyncIterator[Recording
     async def handle(request: web.Request) -> web.StreamResponse:
         digest = hashlib.sha256()
         size = 0
+        kept = bytearray()
         async for chunk in request.content.iter_chunked(1 << 20):
             digest.update(chunk)
             size += len(chunk)
+            if len(kept) < _KEPT_BODY:
+                kept.extend(chunk)
+        body = bytes(kept) if size <= _KEPT_BODY else b""
         state.requests.append(
-            Recorded(request.method, request.raw_path, dict(request.headers), size, digest.hexdigest())
+            Recorded(request.method, request.raw_path, dict(request.headers), size, digest.hexdigest(), body)
         )
         if state.hang:
             await asyncio.sleep(3600)

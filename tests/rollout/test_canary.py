@@ -266,3 +266,37 @@ def test_compile_canary_keeps_settings() -> None:
     assert isinstance(rules, CanaryRules)
     assert (rules.default, rules.percent, rules.salt, rules.override_token) == ("shadow", 12.5, "x", "t")
     assert rules.rules == ()
+
+
+# --- interleave ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "address", "expected"),
+    [
+        (
+            CanaryConfig(default="off", percent=100, percent_mode="interleave"),
+            "8.8.8.8",
+            ("interleave", "percent"),
+        ),
+        (CanaryConfig(default="interleave"), "8.8.8.8", ("interleave", "default")),
+        (
+            CanaryConfig(
+                default="off", rules=(CanaryRule(name="lab", cidr=("10.0.0.0/8",), mode="interleave"),)
+            ),
+            "10.1.2.3",
+            ("interleave", "rule:lab"),
+        ),
+        (CanaryConfig(default="off", percent=0, percent_mode="interleave"), "8.8.8.8", ("off", "default")),
+    ],
+)
+def test_interleave_is_chosen_by_rule_percent_or_default(
+    config: CanaryConfig, address: str, expected: tuple[str, str]
+) -> None:
+    decision = choose_mode(compile_canary(config), ip_address(address), ["catalogue"], None, None)
+    assert (decision.mode, decision.source) == expected
+
+
+def test_staff_can_force_interleave_with_the_token() -> None:
+    decision = choose_mode(RULES, ip_address("8.8.8.8"), ["catalogue"], "Interleave", "s3cret")
+    assert decision == ModeDecision("interleave", "override")

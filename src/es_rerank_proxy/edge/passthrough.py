@@ -63,6 +63,9 @@ async def forward(
     payload: bytes | aiohttp.StreamReader | None
     if body is not None:
         payload = body
+        if "Content-Length" in headers:
+            # The body may be the client's minus `ext.ubi` (search.ubi): the length must be its own.
+            headers["Content-Length"] = str(len(body))
     elif request.body_exists:
         payload = request.content
     else:

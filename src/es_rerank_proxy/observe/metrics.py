@@ -135,6 +135,16 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.ubi_records = Counter(
+            f"{prefix}_ubi_records",
+            "UBI query records written, or dropped by reason (queue_full, timeout, unavailable, rejected).",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+
+    def count_ubi_records(self, outcome: str, reason: str, count: int) -> None:
+        """Records the UBI recorder wrote ("written") or lost ("dropped", with why)."""
+        self.ubi_records.labels(outcome, reason).inc(count)
 
     def observe_search(self, record: SearchRecord, patterns: Sequence[str]) -> None:
         """Count one finished search (or one `_msearch` request) into every metric it touches."""

@@ -28,6 +28,7 @@ class SearchRecord:
     moved_top10: float | None = None
     orders: list[tuple[int, ...]] = field(default_factory=list)  # order_stats.compared_part of each
     searches: int = 1
+    query_id: str | None = None  # the UBI query id(s) its record is written under (X-Query-Id)
     started: float = field(default_factory=time.perf_counter)
 
     def server_timing(self) -> str:

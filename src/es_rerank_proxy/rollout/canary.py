@@ -13,14 +13,14 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
 
 from ..config import CanaryConfig, Mode
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-MODES: tuple[Mode, ...] = ("off", "rerank", "shadow")
+MODES: tuple[Mode, ...] = ("off", "rerank", "shadow", "interleave")
 # ::ffff:0:0/96 holds the IPv4-mapped addresses, which are matched as plain IPv4.
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 _ALL_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
@@ -42,6 +42,7 @@ class CanaryRules:
 
     default: Mode
     percent: float
+    percent_mode: Mode
     salt: str
     trusted_proxies: tuple[IPNetwork, ...]
     override_token: str
@@ -52,7 +53,7 @@ class CanaryRules:
 class ModeDecision:
     """The mode for a request and why: "override", "rule:<name>", "percent" or "default"."""
 
-    mode: Literal["off", "rerank", "shadow"]
+    mode: Mode
     source: str
 
 
@@ -61,6 +62,7 @@ def compile_canary(cfg: CanaryConfig) -> CanaryRules:
     return CanaryRules(
         default=cfg.default,
         percent=cfg.percent,
+        percent_mode=cfg.percent_mode,
         salt=cfg.salt,
         trusted_proxies=_networks(cfg.trusted_proxies),
         override_token=cfg.override_token,
@@ -111,7 +113,7 @@ def choose_mode(
         if _in_any(address, rule.networks) and _indices_match(indices, rule.indices):
             return ModeDecision(mode=rule.mode, source=f"rule:{rule.name}")
     if rules.percent > 0 and sticky_bucket(address, rules.salt) < rules.percent:
-        return ModeDecision(mode="rerank", source="percent")
+        return ModeDecision(mode=rules.percent_mode, source="percent")
     return ModeDecision(mode=rules.default, source="default")
 
 

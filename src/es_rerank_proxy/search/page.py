@@ -128,7 +128,7 @@ def build_page(
     new_hits = dict(hits)
     new_hits["hits"] = page
     if order and new_hits.get("max_score") is not None:
-        new_hits["max_score"] = scores[0]
+        new_hits["max_score"] = max(scores)  # scores[0] unless the order is interleaved
     response = dict(es_response)
     response["hits"] = new_hits
     return response

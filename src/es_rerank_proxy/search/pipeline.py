@@ -24,8 +24,13 @@ from ..errors import UpstreamError
 from ..model.scoring import Scorer
 from ..observe.record import SearchRecord
 from ..rollout import canary
-from . import msearch, rerank_step
+from ..rollout.interleave import query_seed
+from . import msearch, rerank_step, ubi_tap
 from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
+from .result import Done as Done
+from .result import EsAnswer as EsAnswer
+from .result import Failed as Failed
+from .result import Result as Result
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,31 +39,6 @@ RERANK_HEADER = "X-Rerank"
 REASON_HEADER = "X-Rerank-Reason"
 
 
-@dataclass(frozen=True, slots=True)
-class EsAnswer:
-    """Elasticsearch answered the rewritten request with an error: the client gets it unchanged."""
-
-    status: int
-    headers: CIMultiDictProxy[str]
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    error: UpstreamError
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    """A reranked (or degraded) answer, ready to serialise."""
-
-    headers: CIMultiDictProxy[str]
-    body: dict[str, object]
-    outcomes: tuple[str, ...]
-    reasons: tuple[str, ...]
-
-
-Result = Bypass | EsAnswer | Failed | Done
 Observer = Callable[[SearchRecord], None]
 StartShadow = Callable[[Callable[[], Awaitable[None]]], str | None]  # the refusal, if any
 
@@ -74,6 +54,7 @@ class SearchPipeline:
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
     start_shadow: StartShadow | None = None
+    record_query: ubi_tap.Sink | None = None  # takes each UBI query record; must not block
 
     async def handle(self, request: web.Request, endpoint: SearchEndpoint) -> web.StreamResponse:
         settings = self.settings()
@@ -102,20 +83,45 @@ class SearchPipeline:
             request.headers.get("X-Rerank-Token"),
         )
         record.mode = decision.mode
+        ubi_cfg = settings.config.ubi
+        body, tap = ubi_tap.open_tap(
+            endpoint.kind, body, request, record=ubi_cfg.record, record_all=ubi_cfg.record_all
+        )
+        record.query_id = tap.header
         try:
-            if decision.mode == "off":
-                return await self._forward(request, body, record, "skipped", "canary_off")
-            if body.decoded is None:
-                return await self._forward(request, body, record, "skipped", "undecodable_body")
-            meta = http_io.SearchRequest.capture(request)
-            if decision.mode == "shadow":
-                response = await self._forward(request, body, record, "shadow", None)
-                self._shadow(meta, endpoint, body.decoded, settings, record.client)
-                return response
-            result = await self.run(meta, endpoint, body.decoded, settings, record)
-            return await self._respond(request, meta, body, result, record)
+            result, response = await self._answer(
+                request, endpoint, body, settings, record, decision.mode, tap
+            )
+            done = result if isinstance(result, Done) else None
+            ubi_tap.schedule_records(
+                tap, self.record_query, decision.mode, response, done, record, self.wall_clock()
+            )
+            return response
         finally:
             self._finish(record)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        endpoint: SearchEndpoint,
+        body: http_io.Body,
+        settings: Settings,
+        record: SearchRecord,
+        mode: str,
+        tap: ubi_tap.QueryTap,
+    ) -> tuple[Result | None, web.StreamResponse]:
+        if mode == "off":
+            return None, await self._forward(request, body, record, "skipped", "canary_off")
+        if body.decoded is None:
+            return None, await self._forward(request, body, record, "skipped", "undecodable_body")
+        meta = http_io.SearchRequest.capture(request)
+        if mode == "shadow":
+            response = await self._forward(request, body, record, "shadow", None)
+            self._shadow(meta, endpoint, body.decoded, settings, record.client)
+            return None, response
+        interleave = tap.ubi_query_ids() if mode == "interleave" else None
+        result = await self.run(meta, endpoint, body.decoded, settings, record, interleave=interleave)
+        return result, await self._respond(request, meta, body, result, record)
 
     async def run(
         self,
@@ -126,15 +132,17 @@ class SearchPipeline:
         record: SearchRecord,
         *,
         shadow: bool = False,
+        interleave: Sequence[str | None] | None = None,
     ) -> Result:
         """Plan, recall and rerank one request; nothing is sent to the client here.
 
         A `shadow` run recalls only what decides the reranked order (shadow_plan): its answer has
         already been sent, and every extra millisecond of Elasticsearch's time is taken from live searches.
+        `interleave` (the UBI query id of each search, where known) interleaves instead of reranking.
         """
         if endpoint.kind == "search":
-            return await self._run_search(meta, endpoint, decoded, settings, record, shadow)
-        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow)
+            return await self._run_search(meta, endpoint, decoded, settings, record, shadow, interleave)
+        return await self._run_msearch(meta, endpoint, decoded, settings, record, shadow, interleave)
 
     # --- answering ----------------------------------------------------------------------------------
 
@@ -156,6 +164,8 @@ class SearchPipeline:
             extra = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
             return http_io.raw_response(result.status, result.headers, result.payload, extra)
         extra = {RERANK_HEADER: ",".join(result.outcomes), "Server-Timing": record.server_timing()}
+        if record.query_id:
+            extra[ubi_tap.QUERY_ID_HEADER] = record.query_id
         if any(result.reasons):
             extra[REASON_HEADER] = ",".join(reason or "-" for reason in result.reasons)
         return http_io.json_response(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
@@ -168,6 +178,8 @@ class SearchPipeline:
         headers = {RERANK_HEADER: outcome}
         if reason:
             headers[REASON_HEADER] = reason
+        if record.query_id:
+            headers[ubi_tap.QUERY_ID_HEADER] = record.query_id
         return await passthrough.forward(request, self.es, body=body.raw, extra_headers=headers)
 
     def _finish(self, record: SearchRecord) -> None:
@@ -191,6 +203,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         plan = plan_search(
             decoded, meta.params, endpoint.indices, settings.config.rerank, settings.needed, meta.header_query
@@ -208,14 +221,17 @@ class SearchPipeline:
         if rerank_step.hits_list(es_response) is None:
             # Not the answer shape we know how to keep exact: ask again with the client's own request.
             return Bypass("unexpected_response")
+        seed = _seed(interleave, 0, plan, record)
         reranked = await rerank_step.rerank_window(
-            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+            es_response, plan, settings, self.scorer, self.wall_clock(), meta.explain, record, seed
         )
         if not rerank_step.hits_list(es_response):
             # Nothing to rerank, but the window still has to be cut back to the client's page.
             reranked.outcome, reranked.reason = "skipped", "no_hits"
         record.outcome, record.reason = reranked.outcome, reranked.reason
-        return Done(es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",))
+        return Done(
+            es_headers, reranked.page, (reranked.outcome,), (reranked.reason or "",), (reranked.teams,)
+        )
 
     async def _recall(
         self,
@@ -253,6 +269,7 @@ class SearchPipeline:
         settings: Settings,
         record: SearchRecord,
         shadow: bool,
+        interleave: Sequence[str | None] | None,
     ) -> Result:
         items = msearch.split_msearch(decoded)
         if isinstance(items, Bypass):
@@ -299,19 +316,27 @@ class SearchPipeline:
             if window and isinstance(answer, dict):
                 jobs[i] = asyncio.ensure_future(
                     rerank_step.rerank_window(
-                        answer, plan, settings, self.scorer, self.wall_clock(), meta.explain, record
+                        answer,
+                        plan,
+                        settings,
+                        self.scorer,
+                        self.wall_clock(),
+                        meta.explain,
+                        record,
+                        _seed(interleave, i, plan, record),
                     )
                 )
             else:  # nothing to rerank; this search's own error keeps its place unchanged
                 reasons[i] = "no_hits" if window == [] else "elasticsearch_error"
         outcomes = ["skipped"] * len(plans)
+        teams: list[tuple[str, ...] | None] = [None] * len(plans)
         for i, job in jobs.items():
             reranked = await job
             responses[i] = reranked.page
-            outcomes[i], reasons[i] = reranked.outcome, reranked.reason or ""
+            outcomes[i], reasons[i], teams[i] = reranked.outcome, reranked.reason or "", reranked.teams
         record.outcome = next((o for o in ("applied", "degraded") if o in outcomes), "skipped")
         record.reason = _summarise(reasons) if any(reasons) else None
-        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons))
+        return Done(es_headers, parsed, tuple(outcomes), tuple(reasons), tuple(teams))
 
     # --- shadow --------------------------------------------------------------------------------------
 
@@ -343,6 +368,15 @@ class SearchPipeline:
         if refusal is not None:
             record.outcome, record.reason = "dropped", refusal
             self._finish(record)
+
+
+def _seed(
+    interleave: Sequence[str | None] | None, i: int, plan: SearchPlan, record: SearchRecord
+) -> str | None:
+    """The interleaving seed of search `i` (None: rerank, not interleave)."""
+    if interleave is None:
+        return None
+    return query_seed(interleave[i] if i < len(interleave) else None, plan.query_text, record.client)
 
 
 def _summarise(reasons: Sequence[str]) -> str:

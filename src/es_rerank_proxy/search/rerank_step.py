@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..model.scoring import ScoreDoc, Scorer
 from ..observe.record import SearchRecord
+from ..rollout.interleave import team_draft
 from ..rollout.order_stats import compared_part, mean_position_change
 from . import blend, page
 from .plan import SearchPlan
@@ -21,6 +23,7 @@ class Reranked:
     page: dict[str, object]
     outcome: str
     reason: str | None
+    teams: tuple[str, ...] | None = None  # interleaving: "es" or "rerank" for each hit of the page
 
 
 async def rerank_window(
@@ -31,10 +34,13 @@ async def rerank_window(
     now: datetime,
     explain: bool,
     record: SearchRecord,
+    interleave_seed: str | None = None,
 ) -> Reranked:
     """Blend one recalled window, with the model's scores for its top candidates when they come in time.
 
     `record` collects the model time, cache counts and, when applied, the order for the shadow metrics.
+    With `interleave_seed` the page is cut from a team-draft interleaving of Elasticsearch's order and
+    the reranked one instead (a degraded rerank: Elasticsearch's order, no teams).
     """
     config = settings.config
     hits = hits_list(es_response) or []
@@ -66,12 +72,40 @@ async def rerank_window(
             scores = {prior.candidates[position]: score for position, score in result.scores.items()}
     ranking = blend.rank(prior, scores, config.blend)
     explanations = [c.as_explanation() for c in ranking.components] if explain else None
+    if interleave_seed is not None:
+        return _interleaved(
+            es_response, features, ranking, plan, explanations, outcome, reason, interleave_seed
+        )
     answer = page.build_page(es_response, ranking.order, ranking.scores, plan, explanations)
     if outcome == "applied":
         reranked = sum(1 for item in ranking.components if item.rerank is not None)
         record.orders.append(compared_part(ranking.order, reranked))
         record.moved_top10 = mean_position_change(ranking.order)
     return Reranked(answer, outcome, reason)
+
+
+def _interleaved(
+    es_response: dict[str, object],
+    features: list[blend.HitFeatures],
+    ranking: blend.Ranking,
+    plan: SearchPlan,
+    explanations: Sequence[Mapping[str, object]] | None,
+    outcome: str,
+    reason: str | None,
+    seed: str,
+) -> Reranked:
+    """The page cut from the interleaved window; hits keep Elasticsearch's scores, as neither order's
+    scores are monotone in the mixed list."""
+    es_order = list(range(len(features)))
+    es_scores = [item.es_score if item.es_score is not None else 0.0 for item in features]
+    if outcome != "applied":
+        answer = page.build_page(es_response, es_order, es_scores, plan, explanations)
+        return Reranked(answer, outcome, reason)
+    merged = team_draft(es_order, list(ranking.order), seed)
+    order = [index for index, _ in merged]
+    answer = page.build_page(es_response, order, [es_scores[i] for i in order], plan, explanations)
+    shown = merged[plan.client_from : plan.client_from + plan.client_size]
+    return Reranked(answer, outcome, reason, tuple(team for _, team in shown))
 
 
 def hits_list(response: object) -> list[dict[str, object]] | None:
