@@ -106,7 +106,7 @@ def simulation_config(es_url: str, embeddings_url: str) -> Config:
         "percent": 50,
         "rules": [{"name": "interleave-users", "cidr": [INTERLEAVE_NETWORK], "mode": "interleave"}],
     }
-    data["ubi"] = {"enabled": True, "elasticsearch": {"url": [es_url]}, "flush_s": 0.5}
+    data["ubi"] = {**data.get("ubi", {}), "record": True, "flush_s": 0.5}
     return config_from_dict(data)
 
 

@@ -179,7 +179,8 @@ async def simulate(
 ) -> Summary:
     """Send `searches` UBI searches through the proxy, each by a random client for a random judged query,
     and the clicks the cascade user makes as UBI events through the proxy's `_bulk` (refreshed at the end)."""
-    rng = random.Random(seed)
+    # the application in the seed: two populations run with one seed must not share query ids
+    rng = random.Random(f"{application}:{seed}")
     plan = [
         (
             rng.choice(list(queries)),

@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 from elasticsearch import Elasticsearch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from es_rerank_proxy.cli import main
 from es_rerank_proxy.tools.ubi_records import SearchClicks, SearchRecord
 
 from .. import conftest
@@ -188,3 +192,65 @@ def test_ab_difference_uses_the_first_searches_in_time(measure: ModuleType) -> N
     rows += [searched(n, "rerank", "b") for n in range(4, 20)]
     treated, control, estimate = measure.ab_difference_after(rows, 4, resamples=50)
     assert (treated, control, estimate.value) == (2, 2, 1.0)
+
+
+def test_simulated_canary_reads_back_per_arm_through_online_report(
+    sim: ModuleType,
+    reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]],
+    es_direct: Elasticsearch,
+    es_url: str,
+    tmp_path: Path,
+) -> None:
+    # The whole loop: simulated users through a recording proxy (A/B for 10.1/16, interleaving for
+    # 10.2/16), their clicks through it, then the report reads each arm back from the UBI indices.
+    names = ("ubi_queries-sim-e2e", "ubi_events-sim-e2e")
+    for name in names:
+        if es_direct.indices.exists(index=name):
+            es_direct.indices.delete(index=name)
+    canary = {
+        "default": "off",
+        "percent": 50,
+        "rules": [{"name": "interleavers", "cidr": [sim.INTERLEAVE_NETWORK], "mode": "interleave"}],
+    }
+    ubi = {"queries_index": names[0], "events_index": names[1], "flush_s": 0.1}
+    qrels = {"q1": {f"doc-{n}": 1 for n in range(0, 400, 3)}}
+    rng = random.Random(5)
+    populations = {
+        "sim-ab": sim.simulated_clients(20, sim.AB_NETWORK, rng),
+        "sim-interleave": sim.simulated_clients(20, sim.INTERLEAVE_NETWORK, rng),
+    }
+    sent = {}
+    with reranking_proxy(weights={"rerank": 1.0}, canary=canary, ubi=ubi) as proxy:
+        for application, clients in populations.items():
+            sent[application] = asyncio.run(
+                sim.simulate(
+                    proxy.url,
+                    queries={"q1": conftest.QUERY["match"]["abstract"]},
+                    qrels=qrels,
+                    searches=12,
+                    user=sim.CascadeUser(position_bias=0.0, click_irrelevant=0.2),
+                    application=application,
+                    clients=clients,
+                    seed=3,
+                    index=conftest.INDEX,
+                    events_index=names[1],
+                    page_size=5,
+                )
+            )
+        for _ in range(200):  # the proxy writes its records in the background
+            es_direct.indices.refresh(index=names[0], ignore_unavailable=True)
+            if es_direct.options(ignore_status=404).count(index=names[0]).get("count") == 24:
+                break
+            time.sleep(0.05)
+    out = tmp_path / "report.json"
+    args = ["--es", es_url, "--queries-index", names[0], "--events-index", names[1], "--json", str(out)]
+    assert main(["online-report", *args]) == 0
+    report = orjson.loads(out.read_bytes())
+    arms = {arm: values["searches"] for arm, values in report["arms"].items()}
+    assert arms.get("interleave") == 12 and arms.get("off", 0) + arms.get("rerank", 0) == 12
+    assert report["interleave"]["searches"] == 12  # every interleaved page recorded its teams
+    verdict = report["interleave"]
+    assert verdict["wins"] + verdict["ties"] + verdict["losses"] + verdict["no_clicks"] == 12
+    # every simulated click was joined to its search: clicks over results shown, per arm, add up
+    joined = sum(v["metrics"]["ctr"]["value"] * v["searches"] * 5 for v in report["arms"].values())
+    assert joined == pytest.approx(sent["sim-ab"].clicks + sent["sim-interleave"].clicks)
