@@ -136,3 +136,25 @@ def reranking_proxy(
         return start_proxy(reranker_url=fake.url, blend=blend, reranker=reranker, **sections)
 
     return start
+
+
+# --- UBI searches and events written straight into noida-db, for the reports that read them ----------
+
+
+@pytest.fixture
+def ubi_indices(es_direct: Elasticsearch, request: pytest.FixtureRequest) -> Callable[..., tuple[str, str]]:
+    """`write(queries, events)`: bulk-load UBI documents into this test's own pair of indices, returning
+    their names (queries index, events index)."""
+    suffix = request.node.name.lower().replace("[", "-").replace("]", "")[:60]
+    names = (f"ubi_queries-{suffix}", f"ubi_events-{suffix}")
+
+    def write(queries: list[dict[str, Any]], events: list[dict[str, Any]]) -> tuple[str, str]:
+        for name in names:
+            if es_direct.indices.exists(index=name):
+                es_direct.indices.delete(index=name)
+        actions = [{"_index": names[0], "_source": doc} for doc in queries]
+        actions += [{"_index": names[1], "_source": doc} for doc in events]
+        helpers.bulk(es_direct, actions, refresh=True)
+        return names
+
+    return write

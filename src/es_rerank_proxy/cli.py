@@ -18,6 +18,8 @@ from .errors import ConfigError
 from .observe.search_log import SEARCH_LOGGER
 from .tools.demo import add_demo_parser, run_demo
 from .tools.eval_run import add_eval_parser, run_eval
+from .tools.judgments_cli import add_judgments_parser, run_judgments
+from .tools.online_report import add_online_report_parser, run_online_report
 from .tools.warm_client import add_warm_parser, run_warm
 
 
@@ -55,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     add_demo_parser(commands)
     add_eval_parser(commands)
     add_warm_parser(commands)
+    add_online_report_parser(commands)
+    add_judgments_parser(commands)
     return parser
 
 
@@ -69,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_eval(args)
     if args.command == "warm":
         return run_warm(args)
+    if args.command == "online-report":
+        return run_online_report(args)
+    if args.command == "judgments":
+        return run_judgments(args)
     if args.command == "serve":
         config = _load_or_exit(args.config)
         _setup_logging(config)
