@@ -1,4 +1,4 @@
-"""Rebuild src/es_rerank_proxy/tools/data/ from ../shared/datasets: gzip -9, mtime 0, so the bytes are stable."""
+"""Rebuild src/es_rerank_proxy/tools/data/ from ../shared/datasets (gzip -9, mtime 0: stable bytes)."""
 
 from __future__ import annotations
 
