@@ -132,7 +132,9 @@ def reranking_proxy(
         blend = sections.pop("blend", {})
         if weights is not None:
             blend = {**blend, "weights": {**ONLY, **weights}}
-        reranker = {"url": [fake.url], "timeout_ms": 2000, **sections.pop("reranker", {})}
+        # A budget no load reaches: "applied" must not depend on this machine's speed. Tests of the
+        # budget itself set their own, against a fake that hangs or answers late.
+        reranker = {"url": [fake.url], "timeout_ms": 30_000, **sections.pop("reranker", {})}
         return start_proxy(reranker_url=fake.url, blend=blend, reranker=reranker, **sections)
 
     return start
