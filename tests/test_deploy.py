@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from es_rerank_proxy.config import ENV_PREFIX, Config, load_config
 
@@ -458,11 +459,39 @@ def test_dockerfile_entrypoint_signals_and_environment() -> None:
     assert "PYTHONUNBUFFERED=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
 
 
-def test_dockerfile_installs_the_fast_extra_and_no_dev_extras() -> None:
+def test_dockerfile_installs_the_bare_package_and_no_dev_extras() -> None:
     runs = " ".join(_instructions("RUN"))
-    assert '".[fast]"' in runs and '"es-rerank-proxy[fast]"' in runs
+    assert re.search(r"pip wheel --wheel-dir /wheels \.(\s|$)", runs), "the package, no extras"
+    assert re.search(r"--find-links /wheels es-rerank-proxy(\s|$)", runs), (
+        "installed bare: uvloop comes along"
+    )
     for extra in ("test", "demo"):
         assert not re.search(rf"\[[^\]]*\b{extra}\b", runs), extra
+
+
+def _dependencies() -> list[Requirement]:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.M | re.S)
+    assert block is not None
+    return [Requirement(item) for item in re.findall(r'^\s*"([^"]+)",', block.group(1), re.M)]
+
+
+@pytest.mark.parametrize(
+    ("platform", "implementation", "gets_uvloop"),
+    [
+        ("linux", "CPython", True),
+        ("darwin", "CPython", True),
+        ("win32", "CPython", False),  # uvloop has no Windows build
+        ("linux", "PyPy", False),  # nor a PyPy one
+    ],
+)
+def test_a_bare_install_brings_uvloop_where_it_exists(
+    platform: str, implementation: str, gets_uvloop: bool
+) -> None:
+    (uvloop,) = [req for req in _dependencies() if req.name == "uvloop"]
+    assert uvloop.marker is not None
+    env = {"sys_platform": platform, "platform_python_implementation": implementation}
+    assert uvloop.marker.evaluate(env) is gets_uvloop
 
 
 def test_dockerignore_admits_only_what_the_build_copies() -> None:
