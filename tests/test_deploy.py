@@ -183,7 +183,7 @@ def _image_tag(image: str) -> tuple[str, str]:
 
 
 def test_compose_has_elasticsearch_vllm_and_proxy() -> None:
-    assert set(_services()) == {"elasticsearch", "vllm", "proxy"}
+    assert set(_services()) == {"elasticsearch", "vllm", "proxy", "prometheus", "grafana"}
 
 
 def test_plain_up_runs_elasticsearch_and_proxy_and_gpu_profile_adds_vllm() -> None:
@@ -191,6 +191,45 @@ def test_plain_up_runs_elasticsearch_and_proxy_and_gpu_profile_adds_vllm() -> No
     assert "profiles" not in services["elasticsearch"]
     assert "profiles" not in services["proxy"]
     assert services["vllm"]["profiles"] == ["gpu"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+
+
+# --- compose: the monitoring profile ------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_proxys_admin_metrics_and_loads_the_alerts() -> None:
+    prometheus = _services()["prometheus"]
+    source, read_only = _volume_mounts(prometheus)["/etc/prometheus"]
+    assert read_only and (ROOT / source).resolve() == ROOT / "deploy" / "prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    scrape = _load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    assert [(ROOT / "deploy" / "prometheus" / name).is_file() for name in scrape["rule_files"]] == [True]
+    (job,) = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    admin_port = _compose_config(COMPOSE).admin.port
+    assert job["static_configs"][0]["targets"] == [f"proxy:{admin_port}"]
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard() -> None:
+    grafana = _services()["grafana"]
+    mounts = _volume_mounts(grafana)
+    provisioning, _ = mounts["/etc/grafana/provisioning"]
+    provisioning_dir = (ROOT / provisioning).resolve()
+    (datasource,) = _load(provisioning_dir / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == f"http://prometheus:{_ports(_services()['prometheus'])[0][2]}"
+    (provider,) = _load(provisioning_dir / "dashboards" / "es-rerank-proxy.yml")["providers"]
+    dashboards = {target: source for target, (source, _) in mounts.items()}
+    mounted = [target for target in dashboards if target.startswith(provider["options"]["path"] + "/")]
+    assert [(ROOT / dashboards[target]).resolve() for target in mounted] == [
+        ROOT / "deploy" / "grafana" / "es-rerank-proxy.json"
+    ]
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def test_monitoring_is_published_on_host_loopback_only() -> None:
+    assert _ports(_services()["prometheus"]) == [("127.0.0.1", 9090, 9090)]
+    assert _ports(_services()["grafana"]) == [("127.0.0.1", 3000, 3000)]
 
 
 @pytest.mark.parametrize(
@@ -559,8 +598,9 @@ def test_security_overlay_gives_the_proxy_the_ca_and_not_the_keys(tmp_path: Path
         ["-f", "docker-compose.yml"],
         ["-f", "docker-compose.yml", "--profile", "gpu"],
         ["-f", "docker-compose.yml", "-f", "deploy/compose.security.yml", "--profile", "gpu"],
+        ["-f", "docker-compose.yml", "--profile", "gpu", "--profile", "monitoring"],
     ],
-    ids=["cpu", "gpu", "gpu-security"],
+    ids=["cpu", "gpu", "gpu-security", "gpu-monitoring"],
 )
 def test_docker_compose_accepts_the_files(args: list[str]) -> None:
     docker = shutil.which("docker")
