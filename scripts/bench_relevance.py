@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", default="artifacts/bench-relevance.json", help="where to save the numbers")
     args = parser.parse_args()
     args.port, args.admin_port, args.no_serve, args.full = free_port(), free_port(), True, False
+    args.budget_ms = 1000  # the demo's budget: what a user of the demo gets
     return args
 
 

@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch, helpers
+from hypothesis import HealthCheck, settings
 
 from es_rerank_proxy.tools.local_elasticsearch import run_noida
 
 from .fakes.fake_reranker import FakeReranker, start_fake_reranker
 from .fakes.proxy_server import RunningProxy, make_config, proxy_in_thread
 from .fakes.threaded import in_thread
+
+# Hypothesis checks properties, not speed: its 200 ms per-example deadline and its "too slow" health check
+# fail a correct test when a loaded machine pauses this process.
+settings.register_profile("any_machine_speed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("any_machine_speed")
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +138,9 @@ def reranking_proxy(
         blend = sections.pop("blend", {})
         if weights is not None:
             blend = {**blend, "weights": {**ONLY, **weights}}
-        reranker = {"url": [fake.url], "timeout_ms": 2000, **sections.pop("reranker", {})}
+        # A budget no load reaches: "applied" must not depend on this machine's speed. Tests of the
+        # budget itself set their own, against a fake that hangs or answers late.
+        reranker = {"url": [fake.url], "timeout_ms": 30_000, **sections.pop("reranker", {})}
         return start_proxy(reranker_url=fake.url, blend=blend, reranker=reranker, **sections)
 
     return start

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from es_rerank_proxy.config import ENV_PREFIX, Config, load_config
 
@@ -184,7 +185,7 @@ def _image_tag(image: str) -> tuple[str, str]:
 
 
 def test_compose_has_elasticsearch_vllm_and_proxy() -> None:
-    assert set(_services()) == {"elasticsearch", "vllm", "proxy"}
+    assert set(_services()) == {"elasticsearch", "vllm", "proxy", "prometheus", "grafana"}
 
 
 def test_plain_up_runs_elasticsearch_and_proxy_and_gpu_profile_adds_vllm() -> None:
@@ -192,6 +193,45 @@ def test_plain_up_runs_elasticsearch_and_proxy_and_gpu_profile_adds_vllm() -> No
     assert "profiles" not in services["elasticsearch"]
     assert "profiles" not in services["proxy"]
     assert services["vllm"]["profiles"] == ["gpu"]
+    assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
+
+
+# --- compose: the monitoring profile ------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_proxys_admin_metrics_and_loads_the_alerts() -> None:
+    prometheus = _services()["prometheus"]
+    source, read_only = _volume_mounts(prometheus)["/etc/prometheus"]
+    assert read_only and (ROOT / source).resolve() == ROOT / "deploy" / "prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    scrape = _load(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    assert [(ROOT / "deploy" / "prometheus" / name).is_file() for name in scrape["rule_files"]] == [True]
+    (job,) = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    admin_port = _compose_config(COMPOSE).admin.port
+    assert job["static_configs"][0]["targets"] == [f"proxy:{admin_port}"]
+
+
+def test_grafana_is_provisioned_with_the_prometheus_datasource_and_the_dashboard() -> None:
+    grafana = _services()["grafana"]
+    mounts = _volume_mounts(grafana)
+    provisioning, _ = mounts["/etc/grafana/provisioning"]
+    provisioning_dir = (ROOT / provisioning).resolve()
+    (datasource,) = _load(provisioning_dir / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == f"http://prometheus:{_ports(_services()['prometheus'])[0][2]}"
+    (provider,) = _load(provisioning_dir / "dashboards" / "es-rerank-proxy.yml")["providers"]
+    dashboards = {target: source for target, (source, _) in mounts.items()}
+    mounted = [target for target in dashboards if target.startswith(provider["options"]["path"] + "/")]
+    assert [(ROOT / dashboards[target]).resolve() for target in mounted] == [
+        ROOT / "deploy" / "grafana" / "es-rerank-proxy.json"
+    ]
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def test_monitoring_is_published_on_host_loopback_only() -> None:
+    assert _ports(_services()["prometheus"]) == [("127.0.0.1", 9090, 9090)]
+    assert _ports(_services()["grafana"]) == [("127.0.0.1", 3000, 3000)]
 
 
 @pytest.mark.parametrize(
@@ -464,11 +504,39 @@ def test_dockerfile_entrypoint_signals_and_environment() -> None:
     assert "PYTHONUNBUFFERED=1" in env and "PYTHONDONTWRITEBYTECODE=1" in env
 
 
-def test_dockerfile_installs_the_fast_extra_and_no_dev_extras() -> None:
+def test_dockerfile_installs_the_bare_package_and_no_dev_extras() -> None:
     runs = " ".join(_instructions("RUN"))
-    assert '".[fast]"' in runs and '"es-rerank-proxy[fast]"' in runs
+    assert re.search(r"pip wheel --wheel-dir /wheels \.(\s|$)", runs), "the package, no extras"
+    assert re.search(r"--find-links /wheels es-rerank-proxy(\s|$)", runs), (
+        "installed bare: uvloop comes along"
+    )
     for extra in ("test", "demo"):
         assert not re.search(rf"\[[^\]]*\b{extra}\b", runs), extra
+
+
+def _dependencies() -> list[Requirement]:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.M | re.S)
+    assert block is not None
+    return [Requirement(item) for item in re.findall(r'^\s*"([^"]+)",', block.group(1), re.M)]
+
+
+@pytest.mark.parametrize(
+    ("platform", "implementation", "gets_uvloop"),
+    [
+        ("linux", "CPython", True),
+        ("darwin", "CPython", True),
+        ("win32", "CPython", False),  # uvloop has no Windows build
+        ("linux", "PyPy", False),  # nor a PyPy one
+    ],
+)
+def test_a_bare_install_brings_uvloop_where_it_exists(
+    platform: str, implementation: str, gets_uvloop: bool
+) -> None:
+    (uvloop,) = [req for req in _dependencies() if req.name == "uvloop"]
+    assert uvloop.marker is not None
+    env = {"sys_platform": platform, "platform_python_implementation": implementation}
+    assert uvloop.marker.evaluate(env) is gets_uvloop
 
 
 def test_dockerignore_admits_only_what_the_build_copies() -> None:
@@ -558,8 +626,9 @@ def test_security_overlay_serves_the_proxy_over_https_from_its_own_volume() -> N
         ["-f", "docker-compose.yml"],
         ["-f", "docker-compose.yml", "--profile", "gpu"],
         ["-f", "docker-compose.yml", "-f", "deploy/compose.security.yml", "--profile", "gpu"],
+        ["-f", "docker-compose.yml", "--profile", "gpu", "--profile", "monitoring"],
     ],
-    ids=["cpu", "gpu", "gpu-security"],
+    ids=["cpu", "gpu", "gpu-security", "gpu-monitoring"],
 )
 def test_docker_compose_accepts_the_files(args: list[str]) -> None:
     docker = shutil.which("docker")

@@ -70,24 +70,26 @@ def fake_reranker(tmp: Path, latency_ms: float) -> Iterator[str]:
         yield url
 
 
-def proxy_config(es_url: str, reranker_url: str, port: int, admin_port: int) -> dict[str, object]:
+def proxy_config(
+    es_url: str, reranker_url: str, port: int, admin_port: int, budget_ms: int = 1000
+) -> dict[str, object]:
     """Rerank on for every index, a model budget far above the fake's latency, canary default rerank."""
     return {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 2},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "elasticsearch": {"url": [es_url]},
-        "reranker": {"url": [reranker_url], "timeout_ms": 1000},
+        "reranker": {"url": [reranker_url], "timeout_ms": budget_ms},
         "canary": {"default": "rerank"},
         "log": {"level": "INFO"},
     }
 
 
 @contextmanager
-def proxy(tmp: Path, es_url: str, reranker_url: str) -> Iterator[Proxy]:
+def proxy(tmp: Path, es_url: str, reranker_url: str, budget_ms: int = 1000) -> Iterator[Proxy]:
     """`python -m es_rerank_proxy serve --config tmp/proxy.yaml`; stderr (its log) goes to tmp/proxy.log."""
     port, admin_port = free_port(), free_port()
     config_path = tmp / "proxy.yaml"
-    config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, admin_port)))
+    config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, admin_port, budget_ms)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")}
     command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
     log_path = tmp / "proxy.log"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,11 +18,11 @@ from ..conftest import INDEX
 from ..fakes.fake_reranker import FakeReranker
 from ..fakes.proxy_server import RunningProxy, make_config, proxy_in_thread
 from ..fakes.recording_upstream import recording_upstream
+from .browser import ARTIFACTS, chromium
 
 ProxyFactory = Callable[..., AbstractContextManager[RunningProxy]]
 QUERY_TEXT = "neural search"
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "artifacts" / "debug-ui.png"
+SCREENSHOT = ARTIFACTS / "debug-ui.png"
 
 
 def _compare(proxy: RunningProxy, **body: Any) -> requests.Response:
@@ -213,28 +212,12 @@ def test_public_listener_does_not_serve_the_page(reranking_proxy: ProxyFactory) 
 
 @pytest.mark.slow
 def test_browser_compares_both_orders_and_shows_moves(reranking_proxy: ProxyFactory) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium (scripts/test does on CI)")
-    from playwright.sync_api import sync_playwright
-
-    args = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
     weights = {"rerank": 0.7, "bm25": 0.2, "recency": 0.05, "citations": 0.05}
-    with (
-        reranking_proxy(weights, rerank={"indices": [INDEX]}) as proxy,
-        sync_playwright() as playwright,
-    ):
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    with reranking_proxy(weights, rerank={"indices": [INDEX]}) as proxy, chromium() as browser:
+        # The English page, whatever language this machine's browser prefers.
+        context = browser.new_context(locale="en-US", viewport={"width": 1440, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.on("console", lambda message: message.type == "error" and errors.append(message.text))
@@ -288,4 +271,4 @@ def test_browser_compares_both_orders_and_shows_moves(reranking_proxy: ProxyFact
             page.screenshot(path=str(SCREENSHOT.with_name("debug-ui-narrow.png")))
             assert errors == []
         finally:
-            browser.close()
+            context.close()

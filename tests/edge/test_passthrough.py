@@ -217,7 +217,7 @@ async def test_elasticsearch_hanging_gives_504_within_timeout() -> None:
                     elapsed = time.monotonic() - started
                     assert r.status == 504
                     assert (await r.json())["error"]["type"] == "proxy_timeout_exception"
-                assert elapsed < 1 + 1.0
+                assert elapsed < 1 + 5.0, "at the 1 s timeout (the upstream hangs an hour), slack for load"
                 upstream.hang = False
                 async with session.get(proxy.url + "/fast/_doc/1") as r:
                     assert r.status == 200

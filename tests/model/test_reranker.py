@@ -456,7 +456,7 @@ async def test_hang_times_out_quickly(fake: FakeReranker, session: aiohttp.Clien
     started = time.monotonic()
     with pytest.raises(RerankerTimeout, match=r"no answer within 0\.2 s") as info:
         await make_client(session, fake.url).score(fake.url, "q", ["a"], timeout_s=0.2)
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5, "at the timeout (the fake hangs forever), with slack for load"
     assert isinstance(info.value.__cause__, asyncio.TimeoutError)
     assert info.value.reason == "timeout"
 
@@ -467,11 +467,11 @@ async def test_latency_within_timeout_succeeds_and_beyond_times_out(
     client = make_client(session, fake.url)
     fake.faults.latency_s = 0.05
     assert len(await client.score(fake.url, "q", ["a"], timeout_s=5)) == 1
-    fake.faults.latency_s = 1.0
+    fake.faults.latency_s = 10.0
     started = time.monotonic()
     with pytest.raises(RerankerTimeout):
         await client.score(fake.url, "q", ["a"], timeout_s=0.1)
-    assert time.monotonic() - started < 0.9
+    assert time.monotonic() - started < 5, "did not wait for the 10 s answer"
 
 
 @pytest.mark.parametrize("timeout_s", [0.0, -1.0, math.nan])
@@ -701,9 +701,12 @@ async def test_fake_shuts_down_cleanly_with_a_hanging_request(session: aiohttp.C
         pending = asyncio.ensure_future(
             session.post(fake.url + "/v1/rerank", json={"query": "q", "documents": []})
         )
-        await asyncio.sleep(0.05)
+        # Shut down once the request hangs inside the fake (a fixed sleep lost this race under load).
+        deadline = time.monotonic() + 10
+        while not fake.requests and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
         started = time.monotonic()
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 10, "the hanging request does not hold the shutdown"
     resp = await pending  # released with a 503 (or the connection closed)
     assert resp.status == 503
     resp.release()

@@ -24,7 +24,14 @@ from ..fakes.proxy_server import RunningProxy, make_config, proxy_in_thread, pro
 from ..fakes.recording_upstream import recording_upstream
 from ..fakes.threaded import in_thread
 
+# A model that answers (even with an error) is given a budget no load reaches, so the reason is the
+# fault's own and never "timeout" on a busy machine; a model that cannot answer in time (it hangs, or
+# answers after many seconds) gets a short budget, and the answer must come within it.
 BUDGET_MS = 300
+ANSWERS_BUDGET_MS = 30_000
+MODEL_LATENCY_S = 10.0
+# Scheduling on a loaded machine, far less than the model's latency.
+SLACK_MS = 1000
 # With recency and citations at 0 the prior order is Elasticsearch's, so a degraded answer equals it.
 WEIGHTS = {"rerank": 0.7, "bm25": 0.3}
 
@@ -54,7 +61,7 @@ def _set(**faults: Any) -> Callable[[FakeReranker], None]:
 FAULTS = [
     ("connection_refused", None, "unavailable"),
     ("accept_then_hang", _set(hang=True), "timeout"),
-    ("slow_past_budget", _set(latency_s=0.6), "timeout"),
+    ("slow_past_budget", _set(latency_s=MODEL_LATENCY_S), "timeout"),
     ("http_500", _set(status=500), "unavailable"),
     ("http_400_new_shape", _set(status=400, error_shape="new"), "bad_response"),
     ("http_400_old_shape", _set(status=400, error_shape="old"), "bad_response"),
@@ -76,7 +83,8 @@ def test_model_fault_answers_elasticsearch_order_within_budget(
     inject: Callable[[FakeReranker], None] | None,
     reason: str,
 ) -> None:
-    reranker: dict[str, Any] = {"timeout_ms": BUDGET_MS}
+    budget_ms = BUDGET_MS if reason == "timeout" else ANSWERS_BUDGET_MS
+    reranker: dict[str, Any] = {"timeout_ms": budget_ms}
     if inject is None:
         reranker["url"] = [closed_url()]
     else:
@@ -91,19 +99,19 @@ def test_model_fault_answers_elasticsearch_order_within_budget(
     direct = es_direct.search(index=INDEX, query=QUERY, size=10)
     assert _ids(response) == [hit["_id"] for hit in direct["hits"]["hits"]]
     timing = _timings(response)
-    assert timing["rerank"] <= BUDGET_MS + 50, timing
-    assert timing["total"] - timing["es"] <= BUDGET_MS + 50, timing
-    assert wall_ms < timing["es"] + BUDGET_MS + 1000, "the client is not kept waiting past the budget"
+    assert timing["rerank"] <= budget_ms + SLACK_MS, timing
+    assert timing["total"] - timing["es"] <= budget_ms + SLACK_MS, timing
+    assert wall_ms < timing["es"] + budget_ms + SLACK_MS, "the client is not kept waiting past the budget"
 
 
 def test_slow_model_within_budget_is_applied(
     reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker
 ) -> None:
-    fake.faults.latency_s = 0.1
-    with reranking_proxy(WEIGHTS, reranker={"timeout_ms": BUDGET_MS}) as proxy:
+    fake.faults.latency_s = 0.2
+    with reranking_proxy(WEIGHTS, reranker={"timeout_ms": ANSWERS_BUDGET_MS}) as proxy:
         response = _search(proxy)
     assert response.headers["X-Rerank"] == "applied"
-    assert 100 <= _timings(response)["rerank"] <= BUDGET_MS + 50
+    assert 200 <= _timings(response)["rerank"] <= ANSWERS_BUDGET_MS, "the proxy waited for the model"
 
 
 def test_breaker_opens_stops_calling_then_probes_and_closes(
@@ -168,6 +176,7 @@ def test_score_cache_skips_model_until_document_text_changes(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 15 s alone; 2,000 searches take far longer on a loaded machine
 def test_soak_with_random_model_faults_leaks_nothing(library: str, es_url: str) -> None:
     """2,000 searches, 32 concurrent clients, 30% of model calls failing: all 200, nothing leaked."""
     process = psutil.Process(os.getpid())
@@ -179,7 +188,8 @@ def test_soak_with_random_model_faults_leaks_nothing(library: str, es_url: str) 
             es_url,
             fake.url,
             blend={"weights": WEIGHTS},
-            reranker={"url": [fake.url], "cache": {"max_entries": 50}},
+            # Degraded by the injected failures only, never by a slow machine's timeouts.
+            reranker={"url": [fake.url], "cache": {"max_entries": 50}, "timeout_ms": ANSWERS_BUDGET_MS},
         )
         with proxy_in_thread(config) as proxy:
             statuses, outcomes = asyncio.run(_soak(proxy.url, searches=2000, clients=32))
@@ -236,7 +246,11 @@ def test_sigterm_drains_in_flight_requests_and_exits_cleanly(tmp_path: Path) -> 
                 assert proxy.process is not None
                 async with aiohttp.ClientSession() as session:
                     request = asyncio.ensure_future(session.get(proxy.url + "/slow/_doc/1"))
-                    await asyncio.sleep(0.3)
+                    # In flight once Elasticsearch has it (a fixed sleep lost this race on a busy machine).
+                    deadline = time.monotonic() + 30
+                    while not upstream.requests and time.monotonic() < deadline:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                    assert upstream.requests, "the request reached Elasticsearch through the proxy"
                     proxy.process.send_signal(signal.SIGTERM)
                     response = await request
                     body = await response.read()

@@ -14,18 +14,20 @@ TINY = [
     "--docs", "300", "--recall-docs", "120", "--duration", "1", "--concurrency", "1,16",
     "--rerank-seconds", "1", "--rate", "40", "--cache-queries", "20",
     "--memory-searches", "150", "--soak-minutes", "0.05",
+    # A model budget no load reaches: "applied" then tests the rerank path, not this machine's speed.
+    "--model-budget-ms", "60000",
 ]  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(400)
 def test_bench_runs_every_phase_and_saves_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench.py"), *TINY, "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=85,
+        timeout=380,  # about 20 s alone; a shared, loaded machine may take several times that
         cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

