@@ -28,6 +28,7 @@ class RunningProxy:
     admin_url: str
     config: Config
     app: web.Application | None = None
+    admin_app: web.Application | None = None
     process: subprocess.Popen[bytes] | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -55,7 +56,8 @@ async def running_proxy(
     public = create_app(config, config_path=config_path, self_test=self_test)
     runner = public_runner(public, config)
     await runner.setup()
-    admin_runner = web.AppRunner(create_admin_app(public), access_log=None)
+    admin = create_admin_app(public)
+    admin_runner = web.AppRunner(admin, access_log=None)
     await admin_runner.setup()
     try:
         # Port 0: the kernel picks a free port at bind time. A port picked earlier by free_port() can be
@@ -71,6 +73,7 @@ async def running_proxy(
             admin_url=f"http://127.0.0.1:{admin_runner.addresses[0][1]}",
             config=config,
             app=public,
+            admin_app=admin,
             loop=asyncio.get_running_loop(),
         )
     finally:
