@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 import pytest
 
-from es_rerank_proxy.admin.warm_jobs import WARM_JOBS
+from es_rerank_proxy.admin.warm_jobs import WARM_JOBS, WarmJob
 from es_rerank_proxy.app import RUNTIME
 from es_rerank_proxy.config import Config
 from es_rerank_proxy.model.embeddings import EmbeddingsClient
@@ -157,3 +157,13 @@ async def test_stopping_the_proxy_cancels_a_running_warm_up(http: aiohttp.Client
 async def _jobs_status(proxy: RunningProxy) -> dict[str, dict[str, object]]:
     assert proxy.admin_app is not None
     return proxy.admin_app[WARM_JOBS].status()
+
+
+async def test_a_job_wakes_its_watchers_on_progress_and_on_the_heartbeat() -> None:
+    job = WarmJob(index="papers", limit=None, started=0.0)
+    watcher = asyncio.ensure_future(job.changed(timeout_s=60))
+    await asyncio.sleep(0)
+    job.progress(5, 10)
+    await asyncio.wait_for(watcher, 5)  # woken by the progress, long before its 60 s heartbeat
+    await asyncio.wait_for(job.changed(timeout_s=0.01), 5)  # nothing moved: the heartbeat returns anyway
+    assert job.status()["done"] == 5
