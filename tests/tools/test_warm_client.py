@@ -73,7 +73,7 @@ async def misbehaving_admin(behaviour: str) -> AsyncIterator[str]:
 @pytest.mark.parametrize(
     ("behaviour", "expected"),
     [
-        ("silent", "sent nothing within the read timeout"),
+        ("silent", "sent nothing within the read timeout (0.5 s, --read-timeout)"),
         ("hang_up", "closed the connection"),
     ],
 )

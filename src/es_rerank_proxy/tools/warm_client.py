@@ -71,10 +71,16 @@ def run_warm(args: argparse.Namespace) -> int:
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=args.read_timeout)
     try:
         if args.status:
-            print(orjson.dumps(_call(get_status(admin, timeout)), option=orjson.OPT_INDENT_2).decode())
+            print(
+                orjson.dumps(
+                    _call(get_status(admin, timeout), args.read_timeout), option=orjson.OPT_INDENT_2
+                ).decode()
+            )
             return 0
         if args.export:
-            counts = _call(export_vectors(admin, args.index, Path(args.export), timeout, args.float16))
+            counts = _call(
+                export_vectors(admin, args.index, Path(args.export), timeout, args.float16), args.read_timeout
+            )
             print(
                 f"warm: exported {counts.get('vectors')} vectors to {args.export} "
                 f"({counts.get('missing')} documents had none cached)",
@@ -85,7 +91,7 @@ def run_warm(args: argparse.Namespace) -> int:
             path = Path(args.import_file)
             if not path.is_file():
                 raise WarmFailed(f"no such file: {path}")
-            answer = _call(import_vectors(admin, args.index, path, timeout))
+            answer = _call(import_vectors(admin, args.index, path, timeout), args.read_timeout)
             verdicts = answer.get("counts")
             counts = verdicts if isinstance(verdicts, dict) else {}
             ignored = {verdict: n for verdict, n in counts.items() if n and verdict != "imported"}
@@ -97,7 +103,7 @@ def run_warm(args: argparse.Namespace) -> int:
             return 0
         bar = ProgressBar(sys.stderr)
         try:
-            final = _call(request_warm(admin, args.index, args.limit, bar, timeout, _say))
+            final = _call(request_warm(admin, args.index, args.limit, bar, timeout, _say), args.read_timeout)
         except KeyboardInterrupt:
             bar.finish()
             _say(f"interrupted; the proxy goes on warming {args.index}: `warm --status` shows where it is")
@@ -116,18 +122,18 @@ def _say(text: str) -> None:
     print(f"warm: {text}", file=sys.stderr)
 
 
-def _call(work: Awaitable[T]) -> T:
-    return asyncio.run(_explained(work))
+def _call(work: Awaitable[T], read_timeout_s: float) -> T:
+    return asyncio.run(_explained(work, read_timeout_s))
 
 
-async def _explained(work: Awaitable[T]) -> T:
+async def _explained(work: Awaitable[T], read_timeout_s: float) -> T:
     """`work`'s result, or `WarmFailed` saying what happened in words a user can act on."""
     try:
         return await work
     except asyncio.TimeoutError as exc:
         raise WarmFailed(
-            "the proxy sent nothing within the read timeout (--read-timeout); it may still be warming: "
-            "see `warm --status`"
+            f"the proxy sent nothing within the read timeout ({read_timeout_s:g} s, --read-timeout); "
+            "it may still be warming: see `warm --status`"
         ) from exc
     except aiohttp.ClientConnectorError as exc:
         if isinstance(exc.os_error, ConnectionRefusedError):
