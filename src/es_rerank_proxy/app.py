@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from .admin import debug_ui, routes, warm
+from .admin import debug_ui, routes, vector_transfer, warm_jobs
 from .config import Config, redact_url
 from .edge import passthrough
 from .edge.http_io import es_error
@@ -66,7 +66,8 @@ def create_admin_app(public: web.Application) -> web.Application:
     runtime = public[RUNTIME]
     routes.add_routes(admin, runtime)
     debug_ui.add_routes(admin, runtime)
-    warm.add_routes(admin, runtime)
+    warm_jobs.add_routes(admin, runtime)
+    vector_transfer.add_routes(admin, runtime)
     return admin
 
 

@@ -36,6 +36,7 @@ class RunningProxy:
     admin_url: str
     config: Config
     app: web.Application | None = None
+    admin_app: web.Application | None = None
     process: subprocess.Popen[bytes] | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -63,7 +64,8 @@ async def running_proxy(
     public = create_app(config, config_path=config_path, self_test=self_test)
     runner = public_runner(public, config)
     await runner.setup()
-    admin = admin_runner(create_admin_app(public), config)
+    admin_app = create_admin_app(public)
+    admin = admin_runner(admin_app, config)
     await admin.setup()
     public_tls, admin_tls = listeners_tls(config)
     try:
@@ -80,6 +82,7 @@ async def running_proxy(
             admin_url=f"{'https' if admin_tls else 'http'}://127.0.0.1:{admin.addresses[0][1]}",
             config=config,
             app=public,
+            admin_app=admin_app,
             loop=asyncio.get_running_loop(),
         )
     finally:

