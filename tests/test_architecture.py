@@ -22,6 +22,7 @@ ALLOWED = {
 NEVER_ON_REQUEST_PATH = {"admin", "tools", "app", "cli"}
 PURE = (
     "search.plan",
+    "search.guard",
     "search.query_text",
     "search.blend",
     "search.page",
