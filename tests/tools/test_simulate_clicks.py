@@ -20,6 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from es_rerank_proxy.cli import main
+from es_rerank_proxy.rollout.interleave import team_draft
+from es_rerank_proxy.tools.online_stats import interleave_verdict
 from es_rerank_proxy.tools.ubi_records import SearchClicks, SearchRecord
 
 from .. import conftest
@@ -254,3 +256,38 @@ def test_simulated_canary_reads_back_per_arm_through_online_report(
     # every simulated click was joined to its search: clicks over results shown, per arm, add up
     joined = sum(v["metrics"]["ctr"]["value"] * v["searches"] * 5 for v in report["arms"].values())
     assert joined == pytest.approx(sent["sim-ab"].clicks + sent["sim-interleave"].clicks)
+
+
+def test_interleaving_credits_the_better_order_with_the_win(sim: ModuleType) -> None:
+    # Known ground truth: the reranker lifts the one relevant document from rank 3 to rank 1. Cascade
+    # users on team-draft pages must make the reranker win, and significantly within 100 searches.
+    es_order = [f"d{i}" for i in range(20)]
+    better = ["d2", *[doc for doc in es_order if doc != "d2"]]
+    rng = random.Random(1)
+    rows = []
+    for n in range(100):
+        page = team_draft(es_order, better, f"id:{n}")[:10]
+        ids = tuple(doc for doc, _ in page)
+        clicks = sim.cascade_clicks(ids, {"d2": 1}, sim.CascadeUser(), rng)
+        record = SearchRecord(
+            query_id=str(n),
+            user_query="q",
+            application="sim",
+            timestamp=float(n),
+            arm="interleave",
+            outcome="applied",
+            page_from=0,
+            hit_ids=ids,
+            teams=tuple(team for _, team in page),
+        )
+        rows.append(
+            SearchClicks(
+                search=record,
+                ranks=tuple(c + 1 for c in clicks),
+                clicked_ids=tuple(ids[c] for c in clicks),
+                seconds_to_first_click=1.0 if clicks else None,
+            )
+        )
+    verdict = interleave_verdict(rows)
+    assert verdict.wins > 5 * verdict.losses
+    assert verdict.p_value is not None and verdict.p_value < 0.05
