@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--rate", type=float, default=100.0, help="searches per second on the rerank path")
     parser.add_argument("--concurrency", default="1,16", help="pass-through client connections, comma list")
+    parser.add_argument(
+        "--capacity-clients", type=int, default=16, help="closed-loop clients of the capacity phase"
+    )
     parser.add_argument("--duration", type=int, help="seconds per pass-through cell (default 8, quick 2)")
     parser.add_argument(
         "--rerank-seconds", type=float, help="seconds per rerank measurement (default 20, quick 5)"
@@ -123,35 +126,61 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
         targets = {"direct": es_url, "proxy": proxy.url}
         if use_nginx:
             targets["nginx"] = stack.enter_context(services.nginx(tmp, es_url))
+            targets["front"] = stack.enter_context(services.front(tmp, es_url, [proxy.url]))
         concurrencies = [int(c) for c in args.concurrency.split(",")]
         log(f"pass-through: {len(targets) * len(concurrencies) * 2} cells of {args.duration:g} s")
         passthrough = phases.passthrough(targets, concurrencies, args.duration, use_wrk, tmp, args.docs)
 
+        # The rerank path runs on a static 100-hit window, so Elasticsearch's time and noise stay out of it.
+        window_url = stack.enter_context(services.static_window(tmp))
+        windowed = stack.enter_context(services.proxy(tmp, window_url, model_url, name="proxy-window"))
         searches = round(args.rate * args.rerank_seconds)
         queries = corpus.queries(
             searches + args.memory_searches + round(args.rate * args.soak_minutes * 60), 5
         )
-        log(f"rerank path: {searches} distinct searches at {args.rate:g}/s, direct and through the proxy")
+        log(f"rerank path: {searches} distinct searches at {args.rate:g}/s, straight and through the proxy")
         rerank = phases.rerank_path(
-            es_url, model_url, proxy.url, proxy.log_path, queries[:searches], args.rate, args.rerank_seconds
+            window_url,
+            model_url,
+            windowed.url,
+            windowed.log_path,
+            queries[:searches],
+            args.rate,
+            args.rerank_seconds,
         )
         log("cache-hit path")
         cache_queries = queries[: args.cache_queries]
         cache = phases.cache_hit_path(
-            proxy.url, rerank["es_direct"], cache_queries, args.rate, args.rerank_seconds
+            windowed.url, rerank["es_direct"], cache_queries, args.rate, args.rerank_seconds
         )
+        log(f"capacity: reranked searches/s at {args.capacity_clients} clients, instant model")
+        instant = stack.enter_context(services.fake_reranker(tmp, 0.0, name="fake_reranker_instant"))
+        one = stack.enter_context(services.proxy(tmp, window_url, instant, name="proxy-capacity-1"))
+        capacity = {"1 proxy": phases.capacity(one.url, queries, args.capacity_clients, args.duration)}
+        if use_nginx:
+            two = stack.enter_context(services.proxy(tmp, window_url, instant, name="proxy-capacity-2"))
+            front2 = stack.enter_context(services.front(tmp / "front2", window_url, [one.url, two.url]))
+            capacity["2 proxies behind the front"] = phases.capacity(
+                front2, queries, args.capacity_clients, args.duration
+            )
         log(f"memory: to {args.memory_searches} searches, then a {args.soak_minutes:g}-minute soak")
         memory = phases.memory(
             proxy.url,
             proxy.pid,
-            rerank["searches"] + cache["searches"],
+            0,
             args.memory_searches,
             queries[searches:],
             phases.doc_paths(args.docs),
             args.rate,
             args.soak_minutes,
         )
-    return {"passthrough": passthrough, "rerank": rerank, "cache_hit": cache, "memory": memory}
+    return {
+        "passthrough": passthrough,
+        "rerank": rerank,
+        "cache_hit": cache,
+        "capacity": capacity,
+        "memory": memory,
+    }
 
 
 def log(message: str) -> None:

@@ -7,6 +7,7 @@ compose plugin exists, and is skipped otherwise.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -184,8 +185,23 @@ def _image_tag(image: str) -> tuple[str, str]:
 # --- compose: services, profiles, URLs ------------------------------------------------------------------
 
 
-def test_compose_has_elasticsearch_vllm_and_proxy() -> None:
-    assert set(_services()) == {"elasticsearch", "vllm", "proxy", "prometheus", "grafana"}
+def test_compose_has_elasticsearch_vllm_proxy_front_and_monitoring() -> None:
+    assert set(_services()) == {"elasticsearch", "vllm", "proxy", "front", "prometheus", "grafana"}
+
+
+def test_front_serves_the_shipped_conf_and_the_proxy_trusts_its_address() -> None:
+    front = _services()["front"]
+    source, read_only = _volume_mounts(front)["/etc/nginx/conf.d/default.conf"]
+    assert (ROOT / source).resolve() == ROOT / "deploy" / "nginx" / "es-rerank-proxy.conf"
+    assert read_only
+    address = ipaddress.ip_address(front["networks"]["default"]["ipv4_address"])
+    subnets = [
+        ipaddress.ip_network(c["subnet"]) for c in _load(COMPOSE)["networks"]["default"]["ipam"]["config"]
+    ]
+    assert any(address in subnet for subnet in subnets)
+    trusted = load_config(ROOT / "deploy" / "config.compose.yaml").canary.trusted_proxies
+    assert any(address in ipaddress.ip_network(cidr) for cidr in trusted)
+    assert set(front["depends_on"]) == {"elasticsearch", "proxy"}
 
 
 def test_plain_up_runs_elasticsearch_and_proxy_and_gpu_profile_adds_vllm() -> None:

@@ -202,6 +202,41 @@ def rerank_path(
     }
 
 
+def capacity(url: str, queries: Sequence[str], clients: int, seconds: float) -> dict[str, Any]:
+    """Closed loop: `clients` send distinct reranked searches back to back; answered searches per second."""
+    requests = [client_search(q) for q in queries]
+    started = time.perf_counter()
+    samples = asyncio.run(_closed_loop_keeping(url, requests, clients, seconds))
+    elapsed = time.perf_counter() - started
+    ok = [s for s in samples if s.status == 200]
+    applied = sum(1 for s in ok if s.headers.get("X-Rerank") == "applied")
+    return {
+        "searches_per_s": applied / elapsed,
+        "latency": summarize([s.latency_ms for s in ok]),
+        "applied_share": applied / len(samples) if samples else 0.0,
+        "errors": len(samples) - len(ok),
+    }
+
+
+async def _closed_loop_keeping(
+    url: str, requests: Sequence[Request], clients: int, seconds: float
+) -> list[Sample]:
+    samples: list[Sample] = []
+    deadline = time.perf_counter() + seconds
+    turn = 0
+
+    async def worker(session: Any) -> None:
+        nonlocal turn
+        while time.perf_counter() < deadline:
+            request = requests[turn % len(requests)]
+            turn += 1
+            samples.append(await load.send(session, request, KEEP_HEADERS))
+
+    async with load.new_session(url, clients) as session:
+        await asyncio.gather(*(worker(session) for _ in range(clients)))
+    return samples
+
+
 def cache_hit_path(
     proxy_url: str, es_direct: dict[str, float] | None, queries: Sequence[str], rate: float, seconds: float
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from es_rerank_proxy.tools.local_elasticsearch import free_port, run_noida, stop_process_group, wait_for_http
+from es_rerank_proxy.tools.local_front import run_front
 
 SCRIPTS = Path(__file__).resolve().parents[1]
 INSTALL_HINT = "apt-get install -y nginx-light wrk"
@@ -60,11 +61,11 @@ def noida(data_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def fake_reranker(tmp: Path, latency_ms: float) -> Iterator[str]:
+def fake_reranker(tmp: Path, latency_ms: float, name: str = "fake_reranker") -> Iterator[str]:
     """scripts/bench_fake_reranker.py with a fixed latency; yields its URL."""
     port = free_port()
     command = [sys.executable, str(SCRIPTS / "bench_fake_reranker.py"), "--port", str(port)]
-    with process([*command, "--latency-ms", str(latency_ms)], tmp / "fake_reranker.log") as child:
+    with process([*command, "--latency-ms", str(latency_ms)], tmp / f"{name}.log") as child:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(url + "/health", process=child)
         yield url
@@ -85,14 +86,27 @@ def proxy_config(
 
 
 @contextmanager
-def proxy(tmp: Path, es_url: str, reranker_url: str, budget_ms: int = 1000) -> Iterator[Proxy]:
-    """`python -m es_rerank_proxy serve --config tmp/proxy.yaml`; stderr (its log) goes to tmp/proxy.log."""
+def static_window(tmp: Path) -> Iterator[str]:
+    """scripts/bench_static_window.py: every `_search` answered with the same 100-hit window."""
+    port = free_port()
+    command = [sys.executable, str(SCRIPTS / "bench_static_window.py"), "--port", str(port)]
+    with process(command, tmp / "static_window.log") as child:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/", process=child)
+        yield url
+
+
+@contextmanager
+def proxy(
+    tmp: Path, es_url: str, reranker_url: str, budget_ms: int = 1000, name: str = "proxy"
+) -> Iterator[Proxy]:
+    """`python -m es_rerank_proxy serve --config tmp/<name>.yaml`; stderr (its log) goes to tmp/<name>.log."""
     port, admin_port = free_port(), free_port()
-    config_path = tmp / "proxy.yaml"
+    config_path = tmp / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, admin_port, budget_ms)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")}
     command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
-    log_path = tmp / "proxy.log"
+    log_path = tmp / f"{name}.log"
     with process(command, log_path, env) as child:
         admin_url = f"http://127.0.0.1:{admin_port}"
         wait_for_http(admin_url + "/_rerank/health", process=child)
@@ -154,4 +168,14 @@ def nginx(tmp: Path, es_url: str) -> Iterator[str]:
     with process(command, tmp / "nginx.log") as child:
         url = f"http://127.0.0.1:{port}"
         wait_for_http(url + "/", process=child)
+        yield url
+
+
+FRONT_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "es-rerank-proxy.conf"
+
+
+@contextmanager
+def front(tmp: Path, es_url: str, proxy_urls: list[str]) -> Iterator[str]:
+    """The shipped nginx front (deploy/nginx/es-rerank-proxy.conf) before noida and the proxies."""
+    with run_front(FRONT_CONF, es_url, proxy_urls, tmp / "front", workers=1) as url:
         yield url
