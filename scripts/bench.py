@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench.py --quick    # about a minute
 
 Starts noida-db (seeded), a fake reranker with a fixed latency, the proxy (`python -m es_rerank_proxy
-serve`) and nginx, each as its own process on free loopback ports; prints one table with PASS/MISS per
-target and saves the numbers as JSON. Method and results: docs/PERFORMANCE.md.
+serve`), nginx, the shipped nginx front and a static 100-hit window (the rerank path's Elasticsearch),
+each as its own process on free loopback ports; prints one table with PASS/MISS per target and saves the
+numbers as JSON. Method and results: docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations

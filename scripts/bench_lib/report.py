@@ -77,7 +77,7 @@ def rerank_table(rerank: Mapping[str, Any], cache: Mapping[str, Any]) -> str:
         ("  own cost, outside (client - window - model)", rerank["own_outside"]),
         ("  own cost, proxy timings", rerank["own_proxy"]),
         ("cache hit: client latency", cache["client"]),
-        ("  cache hit: own cost, outside (client - ES)", cache["own_outside"]),
+        ("  cache hit: own cost, outside (client - window)", cache["own_outside"]),
     ]
     for name, entry in named:
         rows.append([name, _num(entry and entry["p50_ms"]), _num(entry and entry["p99_ms"])])

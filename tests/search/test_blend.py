@@ -512,3 +512,22 @@ def test_rerank_range_maps_model_scores_on_a_fixed_scale(
     ranked = rank(plan_prior(hits, config, 3, NOW), scores, config)
     assert [ranked.components[i].rerank for i in (0, 1, 2)] == pytest.approx(expected_rerank)
     assert ranked.order == expected_order
+
+
+_DATE_CHARS = st.sampled_from("0123456789-١٢x ")
+
+
+@given(
+    st.one_of(
+        st.dates().map(date.isoformat),
+        st.lists(_DATE_CHARS, min_size=8, max_size=8).map(
+            lambda c: "".join(c[:4]) + "-" + "".join(c[4:6]) + "-" + "".join(c[6:])
+        ),
+        st.tuples(st.integers(0, 9999), st.integers(0, 99), st.integers(0, 99)).map(
+            lambda ymd: f"{ymd[0]:04d}-{ymd[1]:02d}-{ymd[2]:02d}"
+        ),
+    )
+)
+def test_plain_date_reads_the_same_as_midnight_utc(text: str) -> None:
+    # The plain YYYY-MM-DD form has a fast path; the same date at 00:00Z takes the general one.
+    assert parse_date(text) == parse_date(text + "T00:00:00Z")

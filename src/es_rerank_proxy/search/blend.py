@@ -202,6 +202,9 @@ def parse_date(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
+    if len(text) == 10 and text[4] == "-" and text[7] == "-" and text.isascii():
+        # The common plain date, parsed in C: the regex below cost a tenth of a search's own time.
+        return _from_plain_date(text)
     match = _ISO_DATE.fullmatch(text)
     if match is not None:
         return _from_iso_match(match)
@@ -248,6 +251,17 @@ def _from_epoch_millis(millis: float) -> datetime | None:
         return _EPOCH + timedelta(milliseconds=millis)
     except OverflowError:
         return None
+
+
+def _from_plain_date(text: str) -> datetime | None:
+    if not (text[:4].isdigit() and text[5:7].isdigit() and text[8:].isdigit()):
+        match = _ISO_DATE.fullmatch(text)
+        return None if match is None else _from_iso_match(match)
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
 def _from_iso_match(match: re.Match[str]) -> datetime | None:
