@@ -21,6 +21,7 @@ WEIGHTS = {**ONLY, "rerank": 0.7, "bm25": 0.3}
 MODEL_LATENCY_S = 0.05  # fixed, so a model call has a cost the budget easily covers
 BUDGET_MS = 3000  # seconds, not milliseconds: no load on this machine reaches it
 MARGIN_S = 2.0  # scheduling on a loaded machine
+StartProxy = Callable[..., AbstractContextManager[RunningProxy]]
 QUERIES = [{"match": {"abstract": word}} for word in ("neural", "library", "ranking", "semantic", "journal")]
 
 
@@ -101,9 +102,7 @@ def test_a_second_replica_process_answers_a_repeated_search_without_the_model(
 
 
 @pytest.fixture
-def reference_orders(
-    start_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker, library: str
-) -> dict[str, list[str]]:
+def reference_orders(start_proxy: StartProxy, fake: FakeReranker, library: str) -> dict[str, list[str]]:
     """Every query's reranked first page with the memory backend: the order a Redis fault must not change."""
     reranker = {"url": [fake.url], "timeout_ms": BUDGET_MS}
     with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as proxy:
@@ -127,6 +126,18 @@ def _assert_every_search_is_right_and_on_time(proxy: RunningProxy, orders: dict[
         assert elapsed < BUDGET_MS / 1000 + MARGIN_S
 
 
+@pytest.fixture
+def proxy_on_redis(start_proxy: StartProxy, fake: FakeReranker, library: str) -> StartProxy:
+    """`with proxy_on_redis(url, **reranker) as proxy`: a reranking proxy whose shared cache is at `url`."""
+
+    def start(redis_url: str, **reranker: Any) -> AbstractContextManager[RunningProxy]:
+        cache = _cache(redis_url, **reranker.pop("cache", {}))
+        settings = {"url": [fake.url], "timeout_ms": BUDGET_MS, "cache": cache, **reranker}
+        return start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=settings)
+
+    return start
+
+
 def _shared_state(proxy: RunningProxy) -> dict[str, Any]:
     ready = requests.get(f"{proxy.admin_url}/_rerank/ready", timeout=10)
     assert ready.status_code == 200
@@ -134,13 +145,9 @@ def _shared_state(proxy: RunningProxy) -> dict[str, Any]:
 
 
 def test_redis_killed_mid_run_costs_no_search(
-    start_proxy: Callable[..., AbstractContextManager[RunningProxy]],
-    fake: FakeReranker,
-    reference_orders: dict[str, list[str]],
-    redis_server: RedisServer,
+    proxy_on_redis: StartProxy, reference_orders: dict[str, list[str]], redis_server: RedisServer
 ) -> None:
-    reranker = {"url": [fake.url], "timeout_ms": BUDGET_MS, "cache": _cache(redis_server.url)}
-    with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as proxy:
+    with proxy_on_redis(redis_server.url) as proxy:
         _search(proxy, QUERIES[0])
         redis_server.kill()
         _assert_every_search_is_right_and_on_time(proxy, reference_orders)
@@ -151,17 +158,14 @@ def test_redis_killed_mid_run_costs_no_search(
 
 
 def test_a_hanging_redis_costs_at_most_its_timeout_per_search(
-    start_proxy: Callable[..., AbstractContextManager[RunningProxy]],
-    fake: FakeReranker,
-    reference_orders: dict[str, list[str]],
+    proxy_on_redis: StartProxy, reference_orders: dict[str, list[str]]
 ) -> None:
     redis_timeout_ms = 100
     with in_thread(hanging_redis, name="hanging-redis") as hanging:
         # A breaker that never opens: every search must pay the hanging Redis, and only its timeout.
-        cache = _cache(hanging.url, redis_timeout_ms=redis_timeout_ms)
         breaker = {"failures": 1000, "window_s": 1, "open_s": 1}
-        reranker = {"url": [fake.url], "timeout_ms": BUDGET_MS, "cache": cache, "breaker": breaker}
-        with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as proxy:
+        cache = {"redis_timeout_ms": redis_timeout_ms}
+        with proxy_on_redis(hanging.url, cache=cache, breaker=breaker) as proxy:
             for query in QUERIES:
                 response = _search(proxy, query)
                 assert _ids(response) == reference_orders[str(query)]
@@ -175,14 +179,12 @@ def test_a_hanging_redis_costs_at_most_its_timeout_per_search(
 
 
 def test_wrong_types_and_garbage_in_redis_are_misses(
-    es_url: str,
-    start_proxy: Callable[..., AbstractContextManager[RunningProxy]],
+    proxy_on_redis: StartProxy,
     fake: FakeReranker,
     reference_orders: dict[str, list[str]],
     redis_server: RedisServer,
 ) -> None:
-    reranker = {"url": [fake.url], "timeout_ms": BUDGET_MS, "cache": _cache(redis_server.url)}
-    with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as writer:
+    with proxy_on_redis(redis_server.url) as writer:
         for query in QUERIES:
             _search(writer, query)
     client = redis_server.client()
@@ -195,7 +197,7 @@ def test_wrong_types_and_garbage_in_redis_are_misses(
         else:
             client.set(key, b"\xff not a score")
     calls = fake.rerank_calls
-    with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as reader:
+    with proxy_on_redis(redis_server.url) as reader:
         _assert_every_search_is_right_and_on_time(reader, reference_orders)
         assert fake.rerank_calls == calls + len(QUERIES), "no bad value was taken for a score"
         assert _shared_state(reader)["errors"]["garbage"] >= 1
