@@ -158,6 +158,7 @@ class Runtime:
             on_error=self.metrics.count_shared_cache_error,
         )
         self.metrics.track_shared_cache(lambda: shared.breaker_state)
+        self._spawn(shared.open_connection())
         return shared
 
     def shared_cache_state(self) -> dict[str, object]:

@@ -283,6 +283,18 @@ async def test_writes_past_the_cap_are_dropped_and_counted(shared_for: MakeShare
         assert errors == [("write_dropped", 1), ("write_dropped", 1)]
 
 
+async def test_opening_the_connection_early_lets_the_first_read_use_it(
+    redis_server: RedisServer, shared_for: MakeShared
+) -> None:
+    errors: list[tuple[str, int]] = []
+    shared = shared_for(redis_server.url, errors)
+    await shared.open_connection()
+    assert errors == [] and redis_server.client().info("clients")["connected_clients"] == 2  # it + us
+    refused = shared_for("redis://127.0.0.1:9/0", errors)
+    await refused.open_connection()
+    assert errors == [("connection", 1)]
+
+
 async def test_a_refused_connection_is_counted_and_the_model_answers(shared_for: MakeShared) -> None:
     from es_rerank_proxy.tools.local_elasticsearch import free_port
 

@@ -143,6 +143,15 @@ class SharedScoreCache:
             pending_writes=len(self._writes),
         )
 
+    async def open_connection(self) -> None:
+        """Open a first connection now (a PING), so the first search does not pay for it in its timeout."""
+        try:
+            await asyncio.wait_for(self._client.ping(), timeout=_SOCKET_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # counted: Redis may come up later, and searches go on without it
+            self._failed(error_kind(exc), exc)
+
     async def get_many(self, keys: Sequence[bytes], budget_s: float) -> list[float | None]:
         """One MGET for `keys`; None where Redis has no score, or for all when Redis fails or is late."""
         found: list[float | None] = [None] * len(keys)
