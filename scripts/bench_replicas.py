@@ -113,13 +113,14 @@ def main() -> None:
     )
     parser.add_argument("--searches", type=int, default=600)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--docs", type=int, default=DOCS, help="documents in the index")
     args = parser.parse_args()
     stream = zipf_stream(args.searches)
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as name, ExitStack() as stack:
         tmp = Path(name)
         (tmp / "noida").mkdir()
         es_url = stack.enter_context(services.noida(tmp / "noida"))
-        asyncio.run(corpus.seed_index(es_url, corpus.INDEX, DOCS))
+        asyncio.run(corpus.seed_index(es_url, corpus.INDEX, args.docs))
         model_url = stack.enter_context(services.fake_reranker(tmp, MODEL_LATENCY_MS))
         results = [
             run_backend(tmp, es_url, model_url, stream, args.clients, backend)
