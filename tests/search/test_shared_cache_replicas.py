@@ -201,3 +201,17 @@ def test_wrong_types_and_garbage_in_redis_are_misses(
         _assert_every_search_is_right_and_on_time(reader, reference_orders)
         assert fake.rerank_calls == calls + len(QUERIES), "no bad value was taken for a score"
         assert _shared_state(reader)["errors"]["garbage"] >= 1
+
+
+def test_the_memory_backend_counts_local_hits_and_shows_it_in_ready(
+    start_proxy: StartProxy, fake: FakeReranker, library: str
+) -> None:
+    reranker = {"url": [fake.url], "timeout_ms": BUDGET_MS}
+    with start_proxy(reranker_url=fake.url, blend={"weights": WEIGHTS}, reranker=reranker) as proxy:
+        _search(proxy, QUERIES[0])
+        assert _search(proxy, QUERIES[0]).headers["X-Rerank"] == "applied"
+        assert _shared_state(proxy) == {"backend": "memory"}
+        metrics = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+        top_n = proxy.config.rerank.top_n
+        assert f'es_rerank_proxy_cache_hits_total{{level="local"}} {top_n:.1f}' in metrics
+        assert 'level="shared"' not in metrics and "shared_cache_errors_total{" not in metrics
