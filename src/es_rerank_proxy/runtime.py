@@ -39,7 +39,7 @@ RESTART_SECTIONS = ("server", "admin", "elasticsearch", "ubi")
 
 
 class Runtime:
-    """Everything the listeners share; one per process, so replicas share nothing."""
+    """Everything the listeners share; one per process: replicas share only the optional Redis score cache."""
 
     def __init__(
         self,
