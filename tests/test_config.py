@@ -143,6 +143,15 @@ def test_url_may_be_a_single_string_or_a_list() -> None:
             {"canary": {"rules": [{"name": "cs", "cidr": ["10.0.0.0/8"], "mode": "rerank", "color": 1}]}},
             "canary.rules[0].color: unknown key",
         ),
+        (
+            {"reranker": {"cache": {"backend": "valkey"}}},
+            "reranker.cache.backend: expected one of memory | redis, got 'valkey'",
+        ),
+        (
+            {"reranker": {"cache": {"backend": "redis", "redis_url": "http://u:pw@cache:6379"}}},
+            "reranker.cache.redis_url: expected a redis:// or rediss:// URL, got 'http://***@cache:6379'",
+        ),
+        ({"reranker": {"cache": {"redis_timeout_ms": 0}}}, "reranker.cache.redis_timeout_ms: expected"),
         ({"rerank": {"text_fields": "title"}}, None),
     ],
 )
@@ -247,3 +256,15 @@ def test_ubi_api_key_comes_from_the_environment_and_is_masked() -> None:
     assert config.ubi.elasticsearch.api_key == "k3y"
     assert config.ubi.record_all is True
     assert config_to_dict(config)["ubi"]["elasticsearch"]["api_key"] == "***"
+
+
+def test_a_rediss_url_is_accepted_for_the_redis_backend() -> None:
+    cache = {"backend": "redis", "redis_url": "rediss://cache:6380/1"}
+    assert config_from_dict({"reranker": {"cache": cache}}).reranker.cache.redis_url == cache["redis_url"]
+
+
+def test_redis_password_comes_from_redis_password_and_is_masked() -> None:
+    config = load_config(environ={"REDIS_PASSWORD": "s3cret"})
+    assert config.reranker.cache.redis_password == "s3cret"
+    assert config_to_dict(config)["reranker"]["cache"]["redis_password"] == "***"
+    assert load_config(environ={}).reranker.cache.redis_password == ""

@@ -185,8 +185,22 @@ def _image_tag(image: str) -> tuple[str, str]:
 # --- compose: services, profiles, URLs ------------------------------------------------------------------
 
 
-def test_compose_has_elasticsearch_vllm_proxy_front_and_monitoring() -> None:
-    assert set(_services()) == {"elasticsearch", "vllm", "proxy", "front", "prometheus", "grafana"}
+def test_compose_has_elasticsearch_vllm_redis_proxy_front_and_monitoring() -> None:
+    assert set(_services()) == {"elasticsearch", "vllm", "redis", "proxy", "front", "prometheus", "grafana"}
+
+
+def test_replicas_share_the_compose_redis_which_keeps_nothing_on_disk() -> None:
+    redis = _services()["redis"]
+    name, tag = _image_tag(redis["image"])
+    assert (name, tag.split(".")[0]) == ("redis", "7")
+    command = redis["command"]
+    assert command[command.index("--save") + 1] == "" and command[command.index("--appendonly") + 1] == "no"
+    assert "ports" not in redis and "profiles" not in redis
+    cache = load_config(_mounted_config_source(), environ={}).reranker.cache
+    assert cache.backend == "redis"
+    url = urlsplit(cache.redis_url)
+    assert (url.scheme, url.hostname, url.port) == ("redis", "redis", 6379)
+    assert "redis" in _services()["proxy"]["depends_on"]
 
 
 def test_front_serves_the_shipped_conf_and_the_proxy_trusts_its_address() -> None:

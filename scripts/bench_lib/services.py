@@ -72,14 +72,19 @@ def fake_reranker(tmp: Path, latency_ms: float, name: str = "fake_reranker") -> 
 
 
 def proxy_config(
-    es_url: str, reranker_url: str, port: int, admin_port: int, budget_ms: int = 1000
+    es_url: str,
+    reranker_url: str,
+    port: int,
+    admin_port: int,
+    budget_ms: int = 1000,
+    cache: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """Rerank on for every index, a model budget far above the fake's latency, canary default rerank."""
     return {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 2},
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "elasticsearch": {"url": [es_url]},
-        "reranker": {"url": [reranker_url], "timeout_ms": budget_ms},
+        "reranker": {"url": [reranker_url], "timeout_ms": budget_ms, "cache": cache or {}},
         "canary": {"default": "rerank"},
         "log": {"level": "INFO"},
     }
@@ -98,12 +103,18 @@ def static_window(tmp: Path) -> Iterator[str]:
 
 @contextmanager
 def proxy(
-    tmp: Path, es_url: str, reranker_url: str, budget_ms: int = 1000, name: str = "proxy"
+    tmp: Path,
+    es_url: str,
+    reranker_url: str,
+    budget_ms: int = 1000,
+    name: str = "proxy",
+    cache: dict[str, object] | None = None,
 ) -> Iterator[Proxy]:
     """`python -m es_rerank_proxy serve --config tmp/<name>.yaml`; stderr (its log) goes to tmp/<name>.log."""
     port, admin_port = free_port(), free_port()
     config_path = tmp / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, admin_port, budget_ms)))
+    config = proxy_config(es_url, reranker_url, port, admin_port, budget_ms, cache)
+    config_path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")}
     command = [sys.executable, "-m", "es_rerank_proxy", "serve", "--config", str(config_path)]
     log_path = tmp / f"{name}.log"

@@ -34,6 +34,7 @@ Mode = Literal["off", "rerank", "shadow", "interleave"]
 RerankerApi = Literal["vllm", "tei", "cohere", "embeddings"]
 PromptFormat = Literal["qwen3", "none"]
 DocumentFormat = Literal["auto", "labelled", "plain"]
+CacheBackend = Literal["memory", "redis"]
 
 
 def _min(value: float) -> dict[str, float]:
@@ -110,6 +111,13 @@ class BreakerConfig:
 class CacheConfig:
     max_entries: int = field(default=10_000, metadata=_min(0))
     ttl_s: float = field(default=600.0, metadata=_min(0))
+    # redis: a second level shared by every replica, under the in-process one (see model/shared_cache.py).
+    backend: CacheBackend = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str = field(default="", metadata={"secret": True})
+    key_prefix: str = "errp:"
+    redis_timeout_ms: int = field(default=5, metadata=_min(1))
+    max_pending_writes: int = field(default=64, metadata=_min(1))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,7 +270,11 @@ def load_config(
         raw = loaded
     for dotted, value in (overrides or {}).items():
         set_path(raw, dotted.split("."), value)
-    apply_environment(raw, os.environ if environ is None else environ, Config, ENV_PREFIX)
+    env = os.environ if environ is None else environ
+    if env.get("REDIS_PASSWORD"):
+        # The name every Redis client and image knows; ES_RERANK_PROXY_RERANKER_CACHE_REDIS_PASSWORD wins.
+        set_path(raw, ["reranker", "cache", "redis_password"], env["REDIS_PASSWORD"])
+    apply_environment(raw, env, Config, ENV_PREFIX)
     config: Config = build(Config, raw, "")
     _check_relations(config)
     return config
@@ -321,6 +333,11 @@ def _check_relations(config: Config) -> None:
         for i, url in enumerate(urls):
             if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
                 raise ConfigError(f"{section}[{i}]: expected an http:// or https:// URL, got {url!r}")
+    redis_url = config.reranker.cache.redis_url
+    if config.reranker.cache.backend == "redis" and not redis_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            f"reranker.cache.redis_url: expected a redis:// or rediss:// URL, got {redact_url(redis_url)!r}"
+        )
     if config.elasticsearch.ca_certs and not Path(config.elasticsearch.ca_certs).is_file():
         raise ConfigError(f"elasticsearch.ca_certs: no such file: {config.elasticsearch.ca_certs!r}")
     fingerprint = config.elasticsearch.ssl_assert_fingerprint.replace(":", "")

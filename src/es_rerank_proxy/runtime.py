@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .model.reranker import RerankerClient
 from .model.scoring import ScoreClient, Scorer
 from .model.selftest import SelfTestResult, check_reranker
+from .model.shared_cache import SharedScoreCache, connect
 from .observe.metrics import Metrics
 from .observe.record import SearchRecord
 from .observe.search_log import SEARCH_LOGGER, log_search
@@ -38,7 +39,7 @@ RESTART_SECTIONS = ("server", "admin", "elasticsearch", "ubi")
 
 
 class Runtime:
-    """Everything the listeners share; one per process, so replicas share nothing."""
+    """Everything the listeners share; one per process: replicas share only the optional Redis score cache."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class Runtime:
             connector=aiohttp.TCPConnector(limit=config.reranker.max_concurrency + 8, keepalive_timeout=60),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self.shared_cache = self._build_shared_cache(config)
         self.client, self.scorer = self._build_scorer(config)
         self.shadow = ShadowRunner(
             load=lambda: (self.scorer.in_flight, self.es.in_flight),
@@ -111,6 +113,8 @@ class Runtime:
         await self._ubi_session.close()
         await self.scorer.aclose()
         await _close_client(self.client)
+        if self.shared_cache is not None:
+            await self.shared_cache.aclose()
         await self._model_session.close()
         await self._es_session.close()
 
@@ -138,8 +142,30 @@ class Runtime:
             config.reranker,
             model_key=Settings.from_config(config).model_key,
             on_breaker_change=_log_breaker,
+            shared=self.shared_cache,
         )
         return client, scorer
+
+    def _build_shared_cache(self, config: Config) -> SharedScoreCache | None:
+        """The Redis level of the score cache (backend: redis), built once: its keys need a restart."""
+        cache = config.reranker.cache
+        if cache.backend != "redis":
+            return None
+        shared = SharedScoreCache(
+            connect(cache),
+            cache,
+            config.reranker.breaker,
+            on_error=self.metrics.count_shared_cache_error,
+        )
+        self.metrics.track_shared_cache(lambda: shared.breaker_state)
+        self._spawn(shared.open_connection())
+        return shared
+
+    def shared_cache_state(self) -> dict[str, object]:
+        """What `/_rerank/ready` shows of the score cache's shared level."""
+        if self.shared_cache is None:
+            return {"backend": "memory"}
+        return dict(self.shared_cache.state())
 
     def _start_self_test(self) -> None:
         if not self._run_self_test:

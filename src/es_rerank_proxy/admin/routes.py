@@ -27,7 +27,13 @@ def add_routes(admin: web.Application, runtime: Runtime) -> None:
             },
             "required": False,
         }
-        body = {"ready": ok, "elasticsearch": nodes, "reranker": reranker}
+        body = {
+            "ready": ok,
+            "elasticsearch": nodes,
+            "reranker": reranker,
+            # Never part of `ready`: a search goes on without Redis.
+            "shared_cache": runtime.shared_cache_state(),
+        }
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:

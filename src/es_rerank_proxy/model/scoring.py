@@ -36,6 +36,7 @@ from .resilience import (
     SingleFlight,
     TTLCache,
 )
+from .shared_cache import SharedScoreCache, shared_key
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ class ScoreOutcome:
     cache_misses: int
     model_calls: int
     elapsed_s: float
+    shared_hits: int = 0  # of `cache_hits`, those found in the shared level (Redis)
 
     @property
     def degraded(self) -> bool:
@@ -87,6 +89,7 @@ class ScorerStats:
 
     cache_hits: int = 0
     cache_misses: int = 0
+    shared_hits: int = 0
     model_calls: int = 0
     degraded: dict[str, int] = field(default_factory=dict)
 
@@ -132,6 +135,7 @@ class Scorer:
         on_breaker_change: BreakerListener | None = None,
         rng: random.Random | None = None,
         fill_grace_s: float | None = None,
+        shared: SharedScoreCache | None = None,
     ) -> None:
         if not cfg.url:
             raise ValueError("RerankerConfig.url: expected at least one URL")
@@ -152,6 +156,7 @@ class Scorer:
         )
         self._flights: SingleFlight[_FlightKey, dict[_DocKey, float]] = SingleFlight()
         self._limit = ConcurrencyLimit(cfg.max_concurrency)
+        self._shared = shared
         self._closed = False
         self.stats = ScorerStats()
 
@@ -184,9 +189,13 @@ class Scorer:
                 pending.append(pos)
             else:
                 scores[pos] = cached
+        shared_hits = 0
+        if missing and self._shared is not None:
+            shared_hits = await self._from_shared(query, keys, missing, pending, scores, deadline)
         hits, misses = len(docs) - len(pending), len(pending)
         self.stats.cache_hits += hits
         self.stats.cache_misses += misses
+        self.stats.shared_hits += shared_hits
 
         def outcome(reason: str | None, calls: int = 0) -> ScoreOutcome:
             if reason is not None:
@@ -198,6 +207,7 @@ class Scorer:
                 cache_misses=misses,
                 model_calls=calls,
                 elapsed_s=self._clock() - started,
+                shared_hits=shared_hits,
             )
 
         if not missing:
@@ -227,6 +237,40 @@ class Scorer:
             scores[pos] = fresh[keys[pos]]
         return outcome(None, flight.calls)
 
+    async def _from_shared(
+        self,
+        query: str,
+        keys: list[_DocKey],
+        missing: dict[_DocKey, str],
+        pending: list[int],
+        scores: dict[int, float],
+        deadline: Deadline,
+    ) -> int:
+        """Ask the shared level once for every document missing locally; move what it has out of
+        `missing`/`pending` into `scores` and the local cache. Returns the positions it filled."""
+        assert self._shared is not None
+        wanted = list(missing)
+        prefix = self._shared.prefix
+        found = await self._shared.get_many(
+            [shared_key(prefix, self._model_key, query, k.doc_id, k.digest) for k in wanted],
+            deadline.remaining(),
+        )
+        known: dict[_DocKey, float] = {}
+        for key, value in zip(wanted, found, strict=True):
+            if value is not None:
+                known[key] = value
+                del missing[key]
+                self._cache.put((self._model_key, query, key.doc_id, key.digest), value)
+        if not known:
+            return 0
+        still = [pos for pos in pending if keys[pos] not in known]
+        for pos in pending:
+            if keys[pos] in known:
+                scores[pos] = known[keys[pos]]
+        filled = len(pending) - len(still)
+        pending[:] = still
+        return filled
+
     async def _fetch(
         self, query: str, missing: dict[_DocKey, str], deadline: Deadline, flight: _Flight
     ) -> dict[_DocKey, float]:
@@ -251,6 +295,15 @@ class Scorer:
         fresh = dict(zip(missing, values, strict=True))
         for key, value in fresh.items():
             self._cache.put((self._model_key, query, key.doc_id, key.digest), value)
+        if self._shared is not None:
+            prefix = self._shared.prefix
+            self._shared.put_many(
+                [
+                    (shared_key(prefix, self._model_key, query, key.doc_id, key.digest), value)
+                    for key, value in fresh.items()
+                ],
+                self._cfg.cache.ttl_s,
+            )
         return fresh
 
     def _should_stop(self, state: RetryCallState, deadline: Deadline) -> bool:

@@ -65,8 +65,24 @@ class Metrics:
             registry=registry,
         )
         self.cache_hits = Counter(
-            f"{prefix}_cache_hits", "Model scores served from the cache.", registry=registry
+            f"{prefix}_cache_hits",
+            "Model scores served from a cache, by level (local: this process; shared: Redis).",
+            ["level"],
+            registry=registry,
         )
+        self.shared_cache_errors = Counter(
+            f"{prefix}_shared_cache_errors",
+            "Failures of the shared score cache (Redis) by kind; the search went on without it.",
+            ["kind"],
+            registry=registry,
+        )
+        self.shared_cache_breaker = Gauge(
+            f"{prefix}_shared_cache_breaker_state",
+            "Circuit breaker of the shared score cache (Redis): 1 for the state it is in, 0 for the others.",
+            ["state"],
+            registry=registry,
+        )
+        self._shared_breaker_state: Callable[[], str] | None = None
         self.cache_misses = Counter(
             f"{prefix}_cache_misses", "Model scores not in the cache (sent to the model).", registry=registry
         )
@@ -159,8 +175,10 @@ class Metrics:
         if record.outcome in ("applied", "degraded"):
             self.model_seconds.observe(record.rerank_s)
             self.overhead_seconds.observe(max(0.0, record.total_s - record.es_s - record.rerank_s))
-        if record.cache_hits:
-            self.cache_hits.inc(record.cache_hits)
+        if record.cache_hits > record.shared_cache_hits:
+            self.cache_hits.labels("local").inc(record.cache_hits - record.shared_cache_hits)
+        if record.shared_cache_hits:
+            self.cache_hits.labels("shared").inc(record.shared_cache_hits)
         if record.cache_misses:
             self.cache_misses.inc(record.cache_misses)
         if record.documents_sent:
@@ -185,12 +203,24 @@ class Metrics:
         self.in_flight.set_function(lambda: float(in_flight()))
         self._breaker_states = breaker_states
 
+    def track_shared_cache(self, breaker_state: Callable[[], str]) -> None:
+        """The shared cache's breaker gauge, read at scrape time."""
+        self._shared_breaker_state = breaker_state
+
+    def count_shared_cache_error(self, kind: str, count: int) -> None:
+        """A failure of the shared cache (the search went on without it)."""
+        self.shared_cache_errors.labels(kind).inc(count)
+
     def track_elasticsearch(self, in_flight: Callable[[], int]) -> None:
         """The in-flight gauge, read at scrape time from the Elasticsearch pool."""
         self.elasticsearch_in_flight.set_function(lambda: float(in_flight()))
 
     def refresh(self) -> None:
         """Bring the breaker gauges up to date (called just before each scrape)."""
+        if self._shared_breaker_state is not None:
+            current_shared = self._shared_breaker_state()
+            for state in _BREAKER_STATES:
+                self.shared_cache_breaker.labels(state).set(1.0 if state == current_shared else 0.0)
         if self._breaker_states is None:
             return
         for url, current in self._breaker_states().items():

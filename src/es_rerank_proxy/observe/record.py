@@ -24,6 +24,7 @@ class SearchRecord:
     total_s: float = 0.0
     documents_sent: int = 0
     cache_hits: int = 0
+    shared_cache_hits: int = 0  # of cache_hits, those the shared level (Redis) had
     cache_misses: int = 0
     moved_top10: float | None = None
     orders: list[tuple[int, ...]] = field(default_factory=list)  # order_stats.compared_part of each

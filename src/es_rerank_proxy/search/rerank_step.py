@@ -65,6 +65,7 @@ async def rerank_window(
         record.rerank_s = max(record.rerank_s, time.perf_counter() - started)
         record.documents_sent += result.cache_misses
         record.cache_hits += result.cache_hits
+        record.shared_cache_hits += result.shared_hits
         record.cache_misses += result.cache_misses
         if result.scores is None:
             outcome, reason = "degraded", result.reason or "unavailable"
