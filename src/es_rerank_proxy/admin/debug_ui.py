@@ -206,7 +206,7 @@ async def compare(runtime: Runtime, request: web.Request) -> web.Response:
     record = SearchRecord(kind="search", indices=endpoint.indices, mode="debug")
     text_fields = config.rerank.text_fields
     window_body = search_body(asked.query, text_fields, config.rerank.window)
-    result = await runtime.pipeline.run(meta, endpoint, window_body, settings, record)
+    result = await runtime.pipeline.computation.run(meta, endpoint, window_body, settings, record)
     if isinstance(result, pipeline.Failed):
         return _error(
             upstream_error_status(result.error), None, "elasticsearch_unavailable", result.error.reason

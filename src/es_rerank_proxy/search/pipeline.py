@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -139,7 +139,9 @@ class SearchPipeline:
         try:
             meta = http_io.SearchRequest.capture(request)
             interleave = tap.ubi_query_ids() if mode == "interleave" else None
-            result = await self.run(meta, endpoint, decoded, settings, record, interleave=interleave)
+            result = await self.computation.run(
+                meta, endpoint, decoded, settings, record, interleave=interleave
+            )
             return result if isinstance(result, Bypass) else (result, self._respond(meta, result, record))
         except Exception as exc:
             self.faults.report(exc, f"reranking a {endpoint.kind}")
@@ -173,22 +175,10 @@ class SearchPipeline:
         except Exception as exc:
             self.faults.report(exc, "recording a UBI query")
 
-    async def run(
-        self,
-        meta: http_io.SearchRequest,
-        endpoint: SearchEndpoint,
-        decoded: bytes,
-        settings: Settings,
-        record: SearchRecord,
-        *,
-        shadow: bool = False,
-        interleave: Sequence[str | None] | None = None,
-    ) -> Result:
-        """Plan, recall and rerank one request (`search_run.SearchRun.run`); nothing is sent to the client."""
-        computation = SearchRun(self.es, self.scorer, self.wall_clock)
-        return await computation.run(
-            meta, endpoint, decoded, settings, record, shadow=shadow, interleave=interleave
-        )
+    @property
+    def computation(self) -> SearchRun:
+        """What computes a search's result, live or shadow, with the current Elasticsearch and scorer."""
+        return SearchRun(self.es, self.scorer, self.wall_clock)
 
     # --- answering ----------------------------------------------------------------------------------
 
@@ -256,7 +246,7 @@ class SearchPipeline:
 
         async def work() -> None:
             try:
-                result = await self.run(meta, endpoint, decoded, settings, record, shadow=True)
+                result = await self.computation.run(meta, endpoint, decoded, settings, record, shadow=True)
                 if isinstance(result, Bypass):
                     record.outcome, record.reason = "skipped", result.reason
                 elif not isinstance(result, Done):
