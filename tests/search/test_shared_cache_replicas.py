@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import requests
 from ..conftest import INDEX, ONLY
 from ..fakes.fake_reranker import FakeReranker
 from ..fakes.proxy_server import RunningProxy, make_config, proxy_process
-from ..fakes.redis_server import RedisServer, hanging_redis, run_redis
+from ..fakes.redis_server import RedisServer, hanging_redis
 from ..fakes.threaded import in_thread
 
 WEIGHTS = {**ONLY, "rerank": 0.7, "bm25": 0.3}
@@ -23,12 +23,6 @@ BUDGET_MS = 3000  # seconds, not milliseconds: no load on this machine reaches i
 MARGIN_S = 2.0  # scheduling on a loaded machine
 StartProxy = Callable[..., AbstractContextManager[RunningProxy]]
 QUERIES = [{"match": {"abstract": word}} for word in ("neural", "library", "ranking", "semantic", "journal")]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with run_redis(tmp_path) as server:
-        yield server
 
 
 def _cache(url: str, **extra: Any) -> dict[str, Any]:
