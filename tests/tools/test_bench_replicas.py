@@ -20,7 +20,7 @@ def test_bench_replicas_runs_memory_and_redis_without_errors() -> None:
         if shutil.which(tool) is None and not any(place.exists() for place in places):
             pytest.skip(f"{tool} is missing (scripts/test installs it)")
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_replicas.py"), "--searches", "12", "--docs", "200"],
+        [sys.executable, str(REPO / "scripts" / "bench_replicas.py"), "--searches", "12"],
         capture_output=True,
         text=True,
         timeout=380,
