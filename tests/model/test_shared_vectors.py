@@ -47,6 +47,9 @@ async def replica(embeddings: FakeEmbeddings, session: aiohttp.ClientSession) ->
     def make(
         redis_url: str, errors: list[tuple[str, int]] | None = None, **cache: object
     ) -> EmbeddingsClient:
+        # A lookup timeout no load reaches (the 5 ms default includes connecting on a busy machine):
+        # the tests that want a timeout pass their own.
+        cache.setdefault("redis_timeout_ms", 2000)
         cache_cfg = CacheConfig(backend="redis", redis_url=redis_url, **cache)  # type: ignore[arg-type]
         cfg = RerankerConfig(url=(embeddings.url,), api="embeddings", model="e5-test", cache=cache_cfg)
         listener = (lambda kind, n: errors.append((kind, n))) if errors is not None else None
