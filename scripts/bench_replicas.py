@@ -1,8 +1,10 @@
 """Three proxy replicas behind the nginx front (round-robin): model calls and latency, memory vs redis cache.
 
-    .venv/bin/python scripts/bench_replicas.py [--searches 6000] [--clients 8]
+    .venv/bin/python scripts/bench_replicas.py [--searches 6000] [--clients 8] [--redis-timeouts-ms 5,50]
 
-One run per backend, each with fresh replicas (and a fresh redis-server for `redis`), the same stream: a Zipf
+One run per backend, each with fresh replicas (and a fresh redis-server for `redis`, once per
+`redis_timeout_ms` given: the default 5 ms, and a looser one to see what a loaded machine's late answers
+cost), the same stream: a Zipf
 (exponent 1.0) draw over 2,000 distinct SciFact queries (its 1,109 claims, train and test, then document
 titles, shuffled so popularity has nothing to do with the source), each search page 1, 2 or 3 (10 hits)
 uniformly. Elasticsearch is a static 100-hit window (scripts/bench_static_window.py), so what is measured is
@@ -100,15 +102,22 @@ def _self_tests_done(admin_urls: list[str], timeout_s: float = 60.0) -> None:
 
 
 def run_backend(
-    tmp: Path, es_url: str, model_url: str, stream: list[Request], clients: int, backend: str
+    tmp: Path,
+    es_url: str,
+    model_url: str,
+    stream: list[Request],
+    clients: int,
+    redis_timeout_ms: int | None,
 ) -> dict[str, Any]:
-    """Fresh replicas (and Redis), the whole stream once through the front; what it cost."""
+    """Fresh replicas (and Redis, unless `redis_timeout_ms` is None), the whole stream once through the
+    front; what it cost."""
+    backend = "memory" if redis_timeout_ms is None else f"redis-{redis_timeout_ms}ms"
     with ExitStack() as stack:
-        cache: dict[str, object] = {"backend": backend}
-        if backend == "redis":
-            (tmp / "redis").mkdir()
-            server = stack.enter_context(run_redis(tmp / "redis"))
-            cache.update(redis_url=server.url)  # and the default redis_timeout_ms: 5
+        cache: dict[str, object] = {"backend": "memory"}
+        if redis_timeout_ms is not None:
+            (tmp / backend).mkdir()
+            server = stack.enter_context(run_redis(tmp / backend))
+            cache = {"backend": "redis", "redis_url": server.url, "redis_timeout_ms": redis_timeout_ms}
         replicas = [
             stack.enter_context(services.proxy(tmp, es_url, model_url, name=f"{backend}-{i}", cache=cache))
             for i in range(REPLICAS)
@@ -143,39 +152,43 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=6000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--queries", type=int, default=DISTINCT_QUERIES, help="distinct queries")
+    parser.add_argument(
+        "--redis-timeouts-ms", default="5,50", help="a redis run for each redis_timeout_ms (comma-separated)"
+    )
     args = parser.parse_args()
+    timeouts = [int(t) for t in args.redis_timeouts_ms.split(",") if t.strip()]
     stream = zipf_stream(args.searches, scifact_queries(args.queries))
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as name, ExitStack() as stack:
         tmp = Path(name)
         es_url = stack.enter_context(services.static_window(tmp))
         model_url = stack.enter_context(services.fake_reranker(tmp, MODEL_LATENCY_MS))
         results = [
-            run_backend(tmp, es_url, model_url, stream, args.clients, backend)
-            for backend in ("memory", "redis")
+            run_backend(tmp, es_url, model_url, stream, args.clients, timeout)
+            for timeout in [None, *timeouts]
         ]
     print(
         f"{REPLICAS} replicas, round-robin front, {args.searches} Zipf searches over {args.queries} "
         f"SciFact queries (pages 1-3), {args.clients} clients, model {MODEL_LATENCY_MS:g} ms"
     )
     print(
-        f"{'backend':8} {'errors':>6} {'model/search':>12} {'docs/search':>11} {'local hits':>10} "
+        f"{'backend':12} {'errors':>6} {'model/search':>12} {'docs/search':>11} {'local hits':>10} "
         f"{'shared hits':>11} {'p50 ms':>7} {'p99 ms':>7}"
     )
     for r in results:
         print(
-            f"{r['backend']:8} {r['errors']:>6} {r['model_calls_per_search']:>12.3f} "
+            f"{r['backend']:12} {r['errors']:>6} {r['model_calls_per_search']:>12.3f} "
             f"{r['documents_per_search']:>11.2f} {r['local_hits']:>10.0f} {r['shared_hits']:>11.0f} "
             f"{r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f}"
         )
-    errors = {k: v for k, v in results[1].items() if k.startswith("shared_") and k != "shared_hits"}
-    print("shared-cache lookups and writes that failed, by kind:", errors or "none")
-    memory, shared = results
-    if memory["model_calls"]:
-        print(f"model calls, redis / memory: {shared['model_calls'] / memory['model_calls']:.2f}")
-    print(
-        f"p50 redis / memory: {shared['p50_ms'] / memory['p50_ms']:.2f}; "
-        f"p99 redis / memory: {shared['p99_ms'] / memory['p99_ms']:.2f}"
-    )
+    memory = results[0]
+    for shared in results[1:]:
+        errors = {k[7:]: v for k, v in shared.items() if k.startswith("shared_") and k != "shared_hits"}
+        calls = shared["model_calls"] / max(1, memory["model_calls"])
+        p50, p99 = shared["p50_ms"] / memory["p50_ms"], shared["p99_ms"] / memory["p99_ms"]
+        print(
+            f"ratio {shared['backend']}/memory: model calls {calls:.2f}, p50 {p50:.2f}, p99 {p99:.2f};"
+            f" failed shared-cache calls: {errors or 'none'}"
+        )
 
 
 if __name__ == "__main__":
