@@ -13,7 +13,13 @@ import redis
 
 from es_rerank_proxy.config import BreakerConfig, CacheConfig, RerankerConfig
 from es_rerank_proxy.model.embeddings import EmbeddingsClient
-from es_rerank_proxy.model.shared_cache import SharedCache, connect, decode_vector, vector_key
+from es_rerank_proxy.model.shared_cache import (
+    SharedCache,
+    connect,
+    decode_vector,
+    encode_vector,
+    vector_key,
+)
 from es_rerank_proxy.model.vectors import unit
 
 from ..fakes.fake_embeddings import FakeEmbeddings, start_fake
@@ -148,6 +154,23 @@ async def test_wrong_values_are_misses_embedded_again_and_overwritten(
     direct = redis_server.client()
     expected = unit(embeddings.vector("passage: " + PASSAGES[0]))
     await _until(lambda: direct.type(key) == b"string" and decode_vector(direct.get(key)) == expected)
+
+
+async def test_a_shared_vector_of_another_size_is_a_miss_not_a_failed_search(
+    redis_server: RedisServer, replica: Replica, embeddings: FakeEmbeddings
+) -> None:
+    errors: list[tuple[str, int]] = []
+    client = replica(redis_server.url, errors)
+    await client.score(embeddings.url, "vaccines", PASSAGES[:1], BUDGET_S)  # this replica knows the size
+    # A unit vector, but of 4 dimensions where the model gives 8: another model under the same name.
+    key = vector_key("errp:", "e5-test", "passage: ", bytes.fromhex(client.text_hash(PASSAGES[1])))
+    redis_server.client().set(key, encode_vector(unit([0.5, 0.5, 0.5, 0.5])))
+    scores = await client.score(embeddings.url, "vaccines", PASSAGES[:2], BUDGET_S)
+    assert len(scores) == 2 and _passage_requests(embeddings) == 2, "embedded again, not used"
+    assert ("garbage", 1) in errors
+    expected = unit(embeddings.vector("passage: " + PASSAGES[1]))
+    direct = redis_server.client()
+    await _until(lambda: decode_vector(direct.get(key)) == expected)
 
 
 async def test_a_hanging_redis_costs_a_lookup_its_timeout_and_the_passages_are_embedded(

@@ -38,6 +38,9 @@ class PassageVectors:
         self._shared_ttl_s = shared_ttl_s
         self._unshared: list[tuple[PassageKey, Vector]] = []
         self.unshared_imports = 0  # imported vectors beyond `_MAX_UNSHARED`: in this replica only
+        # Dimensions of the vectors this replica embedded or imported; a shared vector of another size
+        # (another model under the same name) would poison the local level, so it counts as a miss.
+        self.dims: int | None = None
 
     def __len__(self) -> int:
         return len(self._local)
@@ -47,6 +50,7 @@ class PassageVectors:
 
     def put(self, key: PassageKey, vector: Vector) -> None:
         self._local.put(key, vector)
+        self.dims = len(vector)
 
     async def fill_from_shared(
         self, missing: dict[PassageKey, str], found: dict[PassageKey, Vector], wait_s: float
@@ -57,13 +61,17 @@ class PassageVectors:
             return 0
         wanted = list(missing)
         values = await self._shared.get_vectors([self._key(key) for key in wanted], wait_s)
-        hits = 0
+        hits = wrong_size = 0
         for key, vector in zip(wanted, values, strict=True):
-            if vector is not None:
+            if vector is not None and self.dims is not None and len(vector) != self.dims:
+                wrong_size += 1
+            elif vector is not None:
                 found[key] = vector
                 self._local.put(key, vector)
                 del missing[key]
                 hits += 1
+        if wrong_size:
+            self._shared.count_garbage(wrong_size, f"vectors not of {self.dims} dimensions")
         return hits
 
     def share(self, items: Sequence[tuple[PassageKey, Vector]]) -> None:
@@ -79,7 +87,7 @@ class PassageVectors:
 
     def imported(self, key: PassageKey, vector: Vector) -> None:
         """An imported vector: cached here, and queued for `share_imported` (imports arrive one by one)."""
-        self._local.put(key, vector)
+        self.put(key, vector)
         if self._shared is None:
             return
         if len(self._unshared) < _MAX_UNSHARED:

@@ -231,6 +231,11 @@ class SharedCache:
             written += len(chunk)
         return written
 
+    def count_garbage(self, count: int, detail: str) -> None:
+        """Count values the caller found unusable (a data problem, not Redis's health: the breaker is
+        untouched)."""
+        self._count("garbage", count, detail)
+
     async def _get(
         self, keys: Sequence[bytes], budget_s: float, decode: Callable[[object], T | None], what: str
     ) -> list[T | None]:
