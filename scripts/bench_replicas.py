@@ -91,6 +91,14 @@ def _cache_counts(admin_url: str, into: dict[str, float]) -> None:
             into[name] = into.get(name, 0.0) + sample.value
 
 
+def _breaker_openings(log_path: Path) -> int:
+    """How often a replica's shared-cache breaker opened (its log says so at WARNING)."""
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    return sum(
+        1 for line in text.splitlines() if "shared cache circuit breaker" in line and "-> open" in line
+    )
+
+
 def _self_tests_done(admin_urls: list[str], timeout_s: float = 60.0) -> None:
     """Wait until every replica's start-up self-test has run: its probes must not count as searches'."""
     deadline = time.monotonic() + timeout_s
@@ -130,6 +138,7 @@ def run_backend(
         counts = {"local_hits": 0.0, "shared_hits": 0.0}
         for replica in replicas:
             _cache_counts(replica.admin_url, counts)
+        opened = sum(_breaker_openings(replica.log_path) for replica in replicas)
     latencies = [s.latency_ms for s in samples]
     calls = after["rerank_calls"] - before["rerank_calls"]
     return {
@@ -140,6 +149,7 @@ def run_backend(
         "model_calls_per_search": calls / max(1, len(samples)),
         "documents_per_search": (after["documents"] - before["documents"]) / max(1, len(samples)),
         **counts,
+        "breaker_openings": opened,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
     }
@@ -187,7 +197,7 @@ def main() -> None:
         p50, p99 = shared["p50_ms"] / memory["p50_ms"], shared["p99_ms"] / memory["p99_ms"]
         print(
             f"ratio {shared['backend']}/memory: model calls {calls:.2f}, p50 {p50:.2f}, p99 {p99:.2f};"
-            f" failed shared-cache calls: {errors or 'none'}"
+            f" failed shared-cache calls: {errors or 'none'}; breaker opened {shared['breaker_openings']}x"
         )
 
 
