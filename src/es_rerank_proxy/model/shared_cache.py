@@ -163,7 +163,11 @@ class SharedCache:
         self._timeout_s = cfg.redis_timeout_ms / 1000
         self._write_timeout_s = max(_MIN_WRITE_TIMEOUT_S, self._timeout_s * _WRITE_TIMEOUT_FACTOR)
         self._max_pending = cfg.max_pending_writes
-        self._breaker = CircuitBreaker(breaker, name="redis", clock=clock, on_change=_log_breaker)
+        # Failures in a row: on a busy machine a few of thousands of lookups miss a 5 ms timeout, and
+        # counting those in a window shut the shared level for open_s at a time (bench_replicas.py).
+        self._breaker = CircuitBreaker(
+            breaker, name="redis", clock=clock, on_change=_log_breaker, consecutive=True
+        )
         self._on_error = on_error
         self._writes: set[asyncio.Task[bool]] = set()
         self._closed = False
