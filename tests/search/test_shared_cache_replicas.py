@@ -21,6 +21,7 @@ WEIGHTS = {**ONLY, "rerank": 0.7, "bm25": 0.3}
 MODEL_LATENCY_S = 0.05  # fixed, so a model call has a cost the budget easily covers
 BUDGET_MS = 3000  # seconds, not milliseconds: no load on this machine reaches it
 MARGIN_S = 2.0  # scheduling on a loaded machine
+OVER_BUDGET_S = 0.05  # issue #18: whatever Redis does, a search answers within its budget + 50 ms
 StartProxy = Callable[..., AbstractContextManager[RunningProxy]]
 QUERIES = [{"match": {"abstract": word}} for word in ("neural", "library", "ranking", "semantic", "journal")]
 
@@ -117,7 +118,7 @@ def _assert_every_search_is_right_and_on_time(proxy: RunningProxy, orders: dict[
         elapsed = time.monotonic() - started
         assert response.headers["X-Rerank"] == "applied", response.headers.get("X-Rerank-Reason")
         assert _ids(response) == orders[str(query)]
-        assert elapsed < BUDGET_MS / 1000 + MARGIN_S
+        assert elapsed < BUDGET_MS / 1000 + OVER_BUDGET_S
 
 
 @pytest.fixture
