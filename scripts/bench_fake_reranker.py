@@ -30,25 +30,39 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def _forget_requests(fake: FakeReranker) -> None:
+async def _forget_requests(fake: FakeReranker, forgotten: dict[str, int]) -> None:
     while True:
         await asyncio.sleep(1)
+        forgotten["documents"] += sum(map(len, fake.documents_seen()))
         fake.requests.clear()
         fake.seen.clear()
+
+
+def _counts_route(fake: FakeReranker, forgotten: dict[str, int]) -> web.RouteDef:
+    """`GET /_bench/counts`: rerank calls and documents scored so far (scripts/bench_replicas.py reads it)."""
+
+    async def counts(_: web.Request) -> web.Response:
+        documents = forgotten["documents"] + sum(map(len, fake.documents_seen()))
+        return web.json_response({"rerank_calls": fake.rerank_calls, "documents": documents})
+
+    return web.get("/_bench/counts", counts)
 
 
 async def serve(host: str, port: int, latency_ms: float) -> None:
     """Serve the fake on host:port until SIGTERM or SIGINT."""
     fake = FakeReranker(model="Qwen/Qwen3-Reranker-0.6B")
     fake.faults.latency_s = latency_ms / 1000
-    runner = web.AppRunner(build_app(fake), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+    forgotten = {"documents": 0}
+    app = build_app(fake)
+    app.router.add_routes([_counts_route(fake, forgotten)])
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    janitor = asyncio.create_task(_forget_requests(fake))
+    janitor = asyncio.create_task(_forget_requests(fake, forgotten))
     print(f"fake reranker on http://{host}:{port}, latency {latency_ms:g} ms", flush=True)
     try:
         await stop.wait()

@@ -16,6 +16,7 @@ from es_rerank_proxy.tools.local_elasticsearch import run_noida
 
 from .fakes.fake_reranker import FakeReranker, start_fake_reranker
 from .fakes.proxy_server import RunningProxy, make_config, proxy_in_thread
+from .fakes.redis_server import RedisServer, run_redis
 from .fakes.threaded import in_thread
 
 # Hypothesis checks properties, not speed: its 200 ms per-example deadline and its "too slow" health check
@@ -54,6 +55,13 @@ def passthrough_proxy(es_url: str) -> Iterator[RunningProxy]:
     """A proxy whose reranking is off: for tests of plain pass-through behaviour."""
     with proxy_in_thread(make_config(es_url, canary={"default": "off"})) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own (no persistence, a free loopback port); skipped without one."""
+    with run_redis(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

@@ -118,6 +118,8 @@ class CacheConfig:
     key_prefix: str = "errp:"
     redis_timeout_ms: int = field(default=5, metadata=_min(1))
     max_pending_writes: int = field(default=64, metadata=_min(1))
+    # Passage vectors (api: embeddings) hold for as long as the text does: far longer than a score.
+    vector_ttl_s: float = field(default=30 * 86400.0, metadata={"min": 1})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .model.reranker import RerankerClient
 from .model.scoring import ScoreClient, Scorer
 from .model.selftest import SelfTestResult, check_reranker
-from .model.shared_cache import SharedScoreCache, connect
+from .model.shared_cache import SharedCache, connect
 from .observe.metrics import Metrics
 from .observe.record import SearchRecord
 from .observe.search_log import SEARCH_LOGGER, log_search
@@ -136,7 +136,9 @@ class Runtime:
     # --- the model ----------------------------------------------------------------------------------
 
     def _build_scorer(self, config: Config) -> tuple[ScoreClient, Scorer]:
-        client = _model_client(self._model_session, config.reranker, config.rerank.instruction)
+        client = _model_client(
+            self._model_session, config.reranker, config.rerank.instruction, self.shared_cache, self.metrics
+        )
         scorer = Scorer(
             client,
             config.reranker,
@@ -146,12 +148,13 @@ class Runtime:
         )
         return client, scorer
 
-    def _build_shared_cache(self, config: Config) -> SharedScoreCache | None:
-        """The Redis level of the score cache (backend: redis), built once: its keys need a restart."""
+    def _build_shared_cache(self, config: Config) -> SharedCache | None:
+        """The Redis level of the score and vector caches (backend: redis), built once: its keys need a
+        restart."""
         cache = config.reranker.cache
         if cache.backend != "redis":
             return None
-        shared = SharedScoreCache(
+        shared = SharedCache(
             connect(cache),
             cache,
             config.reranker.breaker,
@@ -250,11 +253,18 @@ class Runtime:
             self._spawn(self.watch(interval_s))
 
 
-def _model_client(session: aiohttp.ClientSession, cfg: RerankerConfig, instruction: str) -> ScoreClient:
+def _model_client(
+    session: aiohttp.ClientSession,
+    cfg: RerankerConfig,
+    instruction: str,
+    shared: SharedCache | None,
+    metrics: Metrics,
+) -> ScoreClient:
     if cfg.api == "embeddings":
         from .model.embeddings import EmbeddingsClient
 
-        return EmbeddingsClient(session, cfg)
+        # Passage vectors share the scores' Redis: a corpus embedded by one replica is warm for all.
+        return EmbeddingsClient(session, cfg, shared=shared, on_lookup=metrics.count_vector_lookup)
     return RerankerClient(session, cfg, instruction)
 
 

@@ -76,6 +76,26 @@ def test_breaker_opens_after_failures_within_window() -> None:
 
 
 @pytest.mark.parametrize(
+    ("outcomes", "consecutive", "state"),
+    [
+        ("FSFSFSFSF", False, "open"),  # five failures in the window, whatever came between
+        ("FSFSFSFSF", True, "closed"),  # never three in a row
+        ("SSFFF", True, "open"),
+        ("FFSFF", True, "closed"),
+        ("FFF", False, "open"),
+    ],
+)
+def test_a_consecutive_breaker_opens_only_on_failures_in_a_row(
+    outcomes: str, consecutive: bool, state: str
+) -> None:
+    cfg = BreakerConfig(failures=3, window_s=10.0, open_s=5.0)
+    breaker = CircuitBreaker(cfg, name="redis", clock=FakeClock(), consecutive=consecutive)
+    for outcome in outcomes:
+        breaker.record_failure() if outcome == "F" else breaker.record_success()
+    assert breaker.state == state
+
+
+@pytest.mark.parametrize(
     ("gaps", "state"),
     [
         ((0.0, 4.0, 4.0), "open"),  # three failures within 8 s of a 10 s window

@@ -1,4 +1,4 @@
-"""The Redis level of the score cache: pure key and value rules, then a real redis-server and its faults."""
+"""The Redis level of the model caches: pure key and value rules, then a real redis-server and its faults."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 import redis
@@ -20,15 +19,19 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from es_rerank_proxy.config import BreakerConfig, CacheConfig, RerankerConfig
 from es_rerank_proxy.model.scoring import ScoreDoc, Scorer
 from es_rerank_proxy.model.shared_cache import (
-    SharedScoreCache,
+    SharedCache,
     connect,
     decode_score,
+    decode_vector,
     encode_score,
+    encode_vector,
     error_kind,
     shared_key,
+    vector_key,
 )
+from es_rerank_proxy.model.vectors import unit
 
-from ..fakes.redis_server import RedisServer, hanging_redis, run_redis
+from ..fakes.redis_server import RedisServer, hanging_redis
 
 DIGEST = bytes(16)
 BASE = ("model", "query", "idx/1", DIGEST)
@@ -88,6 +91,50 @@ def test_anything_but_a_score_decodes_to_none(raw: object) -> None:
 
 
 @pytest.mark.parametrize(
+    "parts",
+    [
+        ("e5-large", "passage: ", DIGEST),
+        ("e5-small", "", DIGEST),
+        ("e5-small", "passage: ", bytes([1]) + bytes(15)),
+        ("e5-smallpassage: ", "", DIGEST),  # the same characters, framed differently
+    ],
+)
+def test_every_part_of_the_vector_key_changes_it(parts: tuple[str, str, bytes]) -> None:
+    assert vector_key("errp:", *parts) != vector_key("errp:", "e5-small", "passage: ", DIGEST)
+
+
+def test_vector_keys_are_apart_from_score_keys_and_of_one_length() -> None:
+    key = vector_key("errp:", "e5-small", "passage: ", DIGEST)
+    assert key.startswith(b"errp:v:") and len(key) == len(b"errp:v:") + 32
+    assert len(shared_key("errp:", "e5-small", "passage: ", "", DIGEST)) == len(b"errp:") + 32
+
+
+@given(st.lists(st.integers(-1000, 1000), min_size=1, max_size=512).filter(any))
+def test_a_unit_vector_reads_back_exactly_in_four_bytes_a_dimension(values: list[int]) -> None:
+    vector = unit([v / 100 for v in values])
+    encoded = encode_vector(vector)
+    assert len(encoded) == 4 * len(values) and decode_vector(encoded) == vector
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\x00\x00\x80",  # not whole float32s
+        encode_vector(unit([0.6, 0.8]))[:-1],
+        struct.pack("<2f", 3.0, 4.0),  # not of length 1: no proxy wrote it
+        struct.pack("<2f", 0.0, 0.0),
+        struct.pack("<2f", math.nan, 1.0),
+        encode_score(1.0),  # a score where a vector belongs
+        "a string",
+        None,
+    ],
+)
+def test_anything_but_a_unit_vector_decodes_to_none(raw: object) -> None:
+    assert decode_vector(raw) is None
+
+
+@pytest.mark.parametrize(
     ("exc", "kind"),
     [
         (asyncio.TimeoutError(), "timeout"),
@@ -109,12 +156,6 @@ def test_every_failure_gets_a_bounded_kind(exc: BaseException, kind: str) -> Non
 # --- a real Redis ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with run_redis(tmp_path) as server:
-        yield server
-
-
 class CountingModel:
     """The model client: counts calls and the documents it was sent."""
 
@@ -134,18 +175,18 @@ def _cache_config(url: str, **overrides: object) -> CacheConfig:
     return CacheConfig(**values)  # type: ignore[arg-type]
 
 
-MakeShared = Callable[..., SharedScoreCache]
+MakeShared = Callable[..., SharedCache]
 BREAKER = BreakerConfig(failures=3, window_s=60, open_s=60)
 
 
 @pytest.fixture
 async def shared_for() -> AsyncIterator[MakeShared]:
-    made: list[SharedScoreCache] = []
+    made: list[SharedCache] = []
 
-    def make(url: str, errors: list[tuple[str, int]] | None = None, **overrides: object) -> SharedScoreCache:
+    def make(url: str, errors: list[tuple[str, int]] | None = None, **overrides: object) -> SharedCache:
         cfg = _cache_config(url, **overrides)
         listener = (lambda kind, n: errors.append((kind, n))) if errors is not None else None
-        shared = SharedScoreCache(connect(cfg), cfg, BREAKER, on_error=listener)
+        shared = SharedCache(connect(cfg), cfg, BREAKER, on_error=listener)
         made.append(shared)
         return shared
 
@@ -154,7 +195,7 @@ async def shared_for() -> AsyncIterator[MakeShared]:
         await shared.aclose()
 
 
-def _scorer(model: CountingModel, shared: SharedScoreCache) -> Scorer:
+def _scorer(model: CountingModel, shared: SharedCache) -> Scorer:
     cfg = RerankerConfig(url=("http://model:8000",), timeout_ms=30_000)
     return Scorer(model, cfg, model_key="m", shared=shared)
 
@@ -162,7 +203,7 @@ def _scorer(model: CountingModel, shared: SharedScoreCache) -> Scorer:
 DOCS = [ScoreDoc(doc_id=f"idx/{i}", text=f"document number {i}") for i in range(5)]
 
 
-async def _settled(shared: SharedScoreCache) -> None:
+async def _settled(shared: SharedCache) -> None:
     deadline = time.monotonic() + 10
     while shared.state()["pending_writes"]:
         assert time.monotonic() < deadline

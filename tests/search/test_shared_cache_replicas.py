@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -14,21 +14,16 @@ import requests
 from ..conftest import INDEX, ONLY
 from ..fakes.fake_reranker import FakeReranker
 from ..fakes.proxy_server import RunningProxy, make_config, proxy_process
-from ..fakes.redis_server import RedisServer, hanging_redis, run_redis
+from ..fakes.redis_server import RedisServer, hanging_redis
 from ..fakes.threaded import in_thread
 
 WEIGHTS = {**ONLY, "rerank": 0.7, "bm25": 0.3}
 MODEL_LATENCY_S = 0.05  # fixed, so a model call has a cost the budget easily covers
 BUDGET_MS = 3000  # seconds, not milliseconds: no load on this machine reaches it
 MARGIN_S = 2.0  # scheduling on a loaded machine
+OVER_BUDGET_S = 0.05  # issue #18: whatever Redis does, a search answers within its budget + 50 ms
 StartProxy = Callable[..., AbstractContextManager[RunningProxy]]
 QUERIES = [{"match": {"abstract": word}} for word in ("neural", "library", "ranking", "semantic", "journal")]
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with run_redis(tmp_path) as server:
-        yield server
 
 
 def _cache(url: str, **extra: Any) -> dict[str, Any]:
@@ -123,7 +118,7 @@ def _assert_every_search_is_right_and_on_time(proxy: RunningProxy, orders: dict[
         elapsed = time.monotonic() - started
         assert response.headers["X-Rerank"] == "applied", response.headers.get("X-Rerank-Reason")
         assert _ids(response) == orders[str(query)]
-        assert elapsed < BUDGET_MS / 1000 + MARGIN_S
+        assert elapsed < BUDGET_MS / 1000 + OVER_BUDGET_S
 
 
 @pytest.fixture

@@ -201,8 +201,10 @@ def add_routes(admin: web.Application, runtime: Runtime) -> None:
                 batch.append(line)
                 if len(batch) >= 1000:
                     import_records(header, batch, client, model=model, current=current, counts=counts)
+                    await client.share_imported()  # with backend: redis, warm for every replica
                     batch = []
             import_records(header, batch, client, model=model, current=current, counts=counts)
+            await client.share_imported()
         except VectorFileError as exc:
             return web.json_response({"error": str(exc), "counts": counts}, status=400)
         except ProxyError as exc:

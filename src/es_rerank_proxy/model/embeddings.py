@@ -1,6 +1,7 @@
 """Scores from an OpenAI-compatible embeddings server (`reranker.api: embeddings`): query-passage cosine.
 
-Passage vectors are cached by the exact text sent; missing ones are embedded by background work the client
+Passage vectors are cached by the exact text sent, in process and (with `cache.backend: redis`) in the
+cache every replica shares (`passage_vectors`); missing ones are embedded by background work the client
 owns, so a search that runs out of budget still leaves the cache filled for the next one. The pure helpers
 in `vectors` (`cosine`, `to_unit_interval`, `parse_embeddings`) hold the format and scoring decisions.
 """
@@ -23,6 +24,7 @@ import orjson
 
 from ..config import RerankerConfig
 from ..errors import Overloaded, RerankerBadResponse, RerankerError, RerankerTimeout
+from .passage_vectors import PassageKey, PassageVectors
 from .reranker import (
     ModelServerBadResponse,
     ModelServerUnavailable,
@@ -31,6 +33,7 @@ from .reranker import (
     parse_error,
 )
 from .resilience import Clock, Deadline, TTLCache
+from .shared_cache import SharedCache
 from .vectors import Vector, dot, parse_embeddings, to_unit_interval, unit
 
 InputType = Literal["query", "passage"]
@@ -38,6 +41,8 @@ InputType = Literal["query", "passage"]
 logger = logging.getLogger(__name__)
 
 _QUERY_CACHE_ENTRIES = 1024
+# Warming has no search waiting on it: each batch's shared lookup may take this long.
+_WARM_LOOKUP_S = 1.0
 _NO_EXPIRY = math.inf
 
 
@@ -59,8 +64,9 @@ class EmbeddingStats:
     failed_requests: int = 0
     passages_embedded: int = 0
     queries_embedded: int = 0
-    passage_cache_hits: int = 0
-    passage_cache_misses: int = 0
+    passage_cache_hits: int = 0  # in process or shared
+    passage_cache_misses: int = 0  # in neither level: embedded
+    passage_shared_hits: int = 0
     query_cache_hits: int = 0
     dropped: int = 0
 
@@ -85,8 +91,9 @@ def _consume(future: asyncio.Future[Vector]) -> None:
         future.exception()
 
 
-_DocKey = tuple[str, str, bytes]  # model, passage prefix, digest of the text sent
+_DocKey = PassageKey  # model, passage prefix, digest of the text sent
 _QueryKey = tuple[str, str, str]  # model, query prefix, query
+LookupListener = Callable[[int, int, int], None]  # passages found in process, found shared, missing
 
 
 # --- the client -------------------------------------------------------------------------------------
@@ -106,6 +113,8 @@ class EmbeddingsClient:
         max_concurrency: int = 2,
         max_queued: int = 2_000,
         request_timeout_s: float = 60.0,
+        shared: SharedCache | None = None,
+        on_lookup: LookupListener | None = None,
     ) -> None:
         if batch_size < 1 or max_concurrency < 1 or max_queued < 0:
             raise ValueError("batch_size and max_concurrency must be >= 1, max_queued >= 0")
@@ -117,7 +126,10 @@ class EmbeddingsClient:
         self._max_queued = max_queued
         self._request_timeout_s = request_timeout_s
         self._headers = model_headers(cfg)
-        self._vectors: TTLCache[_DocKey, Vector] = TTLCache(max_vectors, _NO_EXPIRY, clock=clock)
+        self._vectors = PassageVectors(
+            max_vectors, clock=clock, shared=shared, shared_ttl_s=cfg.cache.vector_ttl_s
+        )
+        self._on_lookup = on_lookup
         self._queries: TTLCache[_QueryKey, Vector] = TTLCache(_QUERY_CACHE_ENTRIES, _NO_EXPIRY, clock=clock)
         self._pending: dict[_DocKey, asyncio.Future[Vector]] = {}  # queued or being embedded
         self._queues: dict[str, deque[tuple[_DocKey, str]]] = {}  # per URL, texts without the prefix
@@ -175,8 +187,12 @@ class EmbeddingsClient:
                 missing[key] = doc
             else:
                 vectors[key] = cached
+        shared_hits = await self._vectors.fill_from_shared(missing, vectors, deadline.remaining())
         self.stats.passage_cache_hits += len(vectors)
         self.stats.passage_cache_misses += len(missing)
+        self.stats.passage_shared_hits += shared_hits
+        if self._on_lookup is not None:
+            self._on_lookup(len(vectors) - shared_hits, shared_hits, len(missing))
         try:
             query_vector = await self._query_vector(url, query, deadline.remaining())
         except RerankerTimeout:
@@ -221,7 +237,7 @@ class EmbeddingsClient:
         progress: Callable[[int, int], None] | None = None,
         batch: int = 16,
     ) -> int:
-        """Embed every uncached document (no budget, in batches of `batch`); the count embedded.
+        """Embed every document in neither cache level (no budget, in batches of `batch`); the count embedded.
 
         `progress(done, total)` is called after each batch; documents already cached or being embedded
         by the background are not counted in `total`.
@@ -233,17 +249,23 @@ class EmbeddingsClient:
             if key not in todo and key not in self._pending and self._vectors.get(key) is None:
                 todo[key] = doc
         items = list(todo.items())
-        done = 0
+        done = embedded = 0
         for start in range(0, len(items), max(1, batch)):
-            chunk = items[start : start + max(1, batch)]
-            found = await self._embed(url, [prefix + text for _, text in chunk], "passage")
-            for (key, _), vector in zip(chunk, found, strict=True):
-                self._vectors.put(key, vector)
-            self.stats.passages_embedded += len(chunk)
+            chunk = dict(items[start : start + max(1, batch)])
             done += len(chunk)
+            # Another replica (or an import there) may have embedded some already.
+            await self._vectors.fill_from_shared(chunk, {}, _WARM_LOOKUP_S)
+            texts = [prefix + text for text in chunk.values()]
+            fresh = list(zip(chunk, await self._embed(url, texts, "passage") if texts else [], strict=True))
+            for key, vector in fresh:
+                self._vectors.put(key, vector)
+            # Waited for: once warming answers, every replica finds these vectors.
+            await self._vectors.share_now(fresh)
+            self.stats.passages_embedded += len(fresh)
+            embedded += len(fresh)
             if progress is not None:
                 progress(done, len(items))
-        return done
+        return embedded
 
     # --- export and import (tools.vectors_io) --------------------------------------------------------
 
@@ -258,7 +280,11 @@ class EmbeddingsClient:
     def import_vector(self, text_hash: str, values: Sequence[float]) -> None:
         """Cache a vector made elsewhere (by this model, for this text hash); it is normalised here."""
         key = (self._cfg.model, self._cfg.passage_prefix, bytes.fromhex(text_hash))
-        self._vectors.put(key, unit(values))
+        self._vectors.imported(key, unit(values))
+
+    async def share_imported(self) -> int:
+        """Write the vectors imported since the last call to the shared cache, and wait; how many were."""
+        return await self._vectors.share_imported()
 
     # --- queries ------------------------------------------------------------------------------------
 
@@ -325,11 +351,13 @@ class EmbeddingsClient:
                     future.set_exception(exc)
             return
         self.stats.passages_embedded += len(batch)
-        for (key, _), vector in zip(batch, found, strict=True):
+        fresh = [(key, vector) for (key, _), vector in zip(batch, found, strict=True)]
+        for key, vector in fresh:
             self._vectors.put(key, vector)
             future = self._pending.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(vector)
+        self._vectors.share(fresh)
 
     def _batch_done(self, batch: list[tuple[_DocKey, str]], task: asyncio.Task[None]) -> None:
         # Runs however the task ended, even if it was cancelled before it started.

@@ -42,7 +42,11 @@ class Deadline:
 
 
 class CircuitBreaker:
-    """closed -> open after `failures` failures in `window_s`; open for `open_s`; then one probe at a time."""
+    """closed -> open after `failures` failures in `window_s`; open for `open_s`; then one probe at a time.
+
+    With `consecutive`, a success in between starts the count again: for a dependency asked many times a
+    second whose odd late answer says more about this machine's load than about its health.
+    """
 
     def __init__(
         self,
@@ -51,8 +55,10 @@ class CircuitBreaker:
         name: str,
         clock: Clock = time.monotonic,
         on_change: BreakerListener | None = None,
+        consecutive: bool = False,
     ) -> None:
         self._cfg = cfg
+        self._consecutive = consecutive
         self.name = name
         self._clock = clock
         self._on_change = on_change
@@ -80,11 +86,15 @@ class CircuitBreaker:
         return True
 
     def record_success(self) -> None:
-        """A call succeeded: a successful probe closes the breaker and forgets old failures."""
-        if self.state == "half_open":
+        """A call succeeded: a successful probe closes the breaker and forgets old failures (as does any
+        success, with `consecutive`)."""
+        state = self.state
+        if state == "half_open":
             self._failures.clear()
             self._probe_in_flight = False
             self._move("closed")
+        elif state == "closed" and self._consecutive:
+            self._failures.clear()
 
     def release(self) -> None:
         """A call ended without telling anything of the model's health: free a probe, count nothing."""

@@ -36,7 +36,7 @@ from .resilience import (
     SingleFlight,
     TTLCache,
 )
-from .shared_cache import SharedScoreCache, shared_key
+from .shared_cache import SharedCache, shared_key
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class Scorer:
         on_breaker_change: BreakerListener | None = None,
         rng: random.Random | None = None,
         fill_grace_s: float | None = None,
-        shared: SharedScoreCache | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         if not cfg.url:
             raise ValueError("RerankerConfig.url: expected at least one URL")

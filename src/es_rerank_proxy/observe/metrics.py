@@ -70,6 +70,17 @@ class Metrics:
             ["level"],
             registry=registry,
         )
+        self.vector_cache_hits = Counter(
+            f"{prefix}_vector_cache_hits",
+            "Passage vectors (api: embeddings) found in a cache, by level (local: in process; shared: Redis)",
+            ["level"],
+            registry=registry,
+        )
+        self.vector_cache_misses = Counter(
+            f"{prefix}_vector_cache_misses",
+            "Passage vectors (api: embeddings) in neither cache level: embedded for the search.",
+            registry=registry,
+        )
         self.shared_cache_errors = Counter(
             f"{prefix}_shared_cache_errors",
             "Failures of the shared score cache (Redis) by kind; the search went on without it.",
@@ -206,6 +217,15 @@ class Metrics:
     def track_shared_cache(self, breaker_state: Callable[[], str]) -> None:
         """The shared cache's breaker gauge, read at scrape time."""
         self._shared_breaker_state = breaker_state
+
+    def count_vector_lookup(self, local: int, shared: int, missing: int) -> None:
+        """One search's passage-vector lookup (api: embeddings), by level."""
+        if local:
+            self.vector_cache_hits.labels("local").inc(local)
+        if shared:
+            self.vector_cache_hits.labels("shared").inc(shared)
+        if missing:
+            self.vector_cache_misses.inc(missing)
 
     def count_shared_cache_error(self, kind: str, count: int) -> None:
         """A failure of the shared cache (the search went on without it)."""
