@@ -53,9 +53,9 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if bad_header is not None:
         # Forwarding it would silently drop bytes (a credential, a signature): refuse it instead, clearly.
         return es_error(400, "illegal_argument_exception", f"header [{bad_header}] is not valid UTF-8")
-    endpoint = classify_endpoint(request.method, request.rel_url.raw_path)
+    endpoint = classify_endpoint(request.method, passthrough.raw_path(request))
     if endpoint is None:
-        runtime.metrics.passthrough.labels(request.method).inc()
+        runtime.metrics.count_passthrough(request.method)
         return await passthrough.forward(request, runtime.es)
     return await runtime.pipeline.handle(request, endpoint)
 

@@ -116,7 +116,7 @@ class Runtime:
         if self.shared_cache is not None:
             await self.shared_cache.aclose()
         await self._model_session.close()
-        await self._es_session.close()
+        await self.es.aclose()
 
     def _start_ubi_recorder(self, config: Config) -> Callable[[dict[str, object]], None]:
         # Its own small pool: the records go out with the proxy's key, never over a client's connection.

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from ..errors import UpstreamError
+from . import http1
 from .upstream import (
     Elasticsearch,
     forwardable_request_headers,
@@ -23,18 +24,22 @@ from .upstream import (
 
 log = logging.getLogger(__name__)
 
-# Large enough that a bulk response streams in few writes, small enough to keep memory flat.
-_CHUNK = 256 * 1024
 # Answers up to this size are read whole and sent in one write; larger ones stream.
 _BUFFERED_MAX = 256 * 1024
 
 
 def raw_target(request: web.BaseRequest) -> str:
     """Path and query exactly as the client encoded them; an absolute-form target loses its authority."""
-    if request.rel_url.raw_path != request.raw_path.split("?", 1)[0]:
-        # absolute-form (`GET http://other-host/x`): aiohttp gives the origin-relative part in rel_url
-        return request.rel_url.raw_path_qs
-    return request.raw_path
+    target = request.raw_path
+    if target.startswith("/") and "#" not in target:
+        return target  # origin-form, as every client sends: no URL object to build
+    # absolute-form (`GET http://other-host/x`): aiohttp gives the origin-relative part in rel_url
+    return request.rel_url.raw_path_qs
+
+
+def raw_path(request: web.BaseRequest) -> str:
+    """The encoded path without the query string, as `raw_target` would forward it."""
+    return raw_target(request).partition("?")[0]
 
 
 def error_response(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
@@ -82,7 +87,7 @@ async def forward(
             length = upstream.content_length
             if request.method == "HEAD" or (length is not None and length <= _BUFFERED_MAX):
                 # Small answers go out headers and body in one write; streaming would send them apart.
-                data = b"" if request.method == "HEAD" else await _read_all(upstream)
+                data = b"" if request.method == "HEAD" else await upstream.read()
                 return web.Response(
                     status=upstream.status,
                     reason=upstream.reason,
@@ -105,28 +110,19 @@ async def forward(
         return error_response(exc, extra_headers)
 
 
-async def _read_all(upstream: aiohttp.ClientResponse) -> bytes:
-    try:
-        return await upstream.read()
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamError("Elasticsearch stopped answering mid-body", timed_out=True) from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(f"Elasticsearch broke off its answer: {exc}") from exc
-
-
 async def _copy_body(
-    upstream: aiohttp.ClientResponse, response: web.StreamResponse, write_timeout_s: float | None
+    upstream: http1.Response, response: web.StreamResponse, write_timeout_s: float | None
 ) -> bool:
     """Copy the body chunk by chunk; False when Elasticsearch broke off or the client stopped reading."""
     try:
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
+        async for chunk in upstream.iter_chunks():
             try:
                 async with asyncio.timeout(write_timeout_s):
                     await response.write(chunk)
             except TimeoutError:
                 log.warning("client read nothing for %g s: connection dropped", write_timeout_s)
                 return False
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        log.warning("elasticsearch broke off a response mid-body: %r", exc)
+    except UpstreamError as exc:
+        log.warning("elasticsearch broke off a response mid-body: %s", exc.reason)
         return False
     return True

@@ -14,49 +14,51 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..config import ElasticsearchConfig, redact_url
 from ..errors import UpstreamError
+from . import http1
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus ones proxies conventionally drop; never forwarded either way.
+# Lower-case, as every check here compares `name.lower()`: cheaper per header than building an `istr`.
 HOP_BY_HOP = frozenset(
-    istr(name)
-    for name in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Authenticate",
-        "Proxy-Authorization",
-        "Proxy-Connection",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-    )
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # The proxy's own request headers: staff overrides and hints that Elasticsearch must never see.
-PROXY_REQUEST_HEADERS = frozenset(
-    istr(name) for name in ("X-Rerank-Mode", "X-Rerank-Token", "X-Rerank-Query", "X-Rerank-Explain")
-)
+PROXY_REQUEST_HEADERS = frozenset({"x-rerank-mode", "x-rerank-token", "x-rerank-query", "x-rerank-explain"})
 # The proxy's own server already answered `Expect: 100-continue`; Elasticsearch would wait for a body
 # that has been read already (a 30 s hang, then 502, seen against a real server).
-_ANSWERED_BY_PROXY = frozenset({istr("Expect")})
+_ANSWERED_BY_PROXY = frozenset({"expect"})
+_REQUEST_DROP = HOP_BY_HOP | PROXY_REQUEST_HEADERS | _ANSWERED_BY_PROXY | {"host"}
 # aiohttp would otherwise add these on its own; the client's request must reach Elasticsearch as sent.
 _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# Methods whose empty body is still announced (`Content-Length: 0`), as HTTP clients do.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[istr]:
-    """Header names listed in `Connection` are hop-by-hop for this message too."""
-    return {istr(token.strip()) for token in headers.get("Connection", "").split(",") if token.strip()}
+def _without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """`headers` minus the names in `drop` and those listed in `Connection` (hop-by-hop for this message)."""
+    connection = headers.get("Connection")
+    if connection:
+        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
 def forwardable_request_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, `Host` and the proxy's own control headers."""
-    drop = (
-        HOP_BY_HOP | PROXY_REQUEST_HEADERS | _ANSWERED_BY_PROXY | _connection_tokens(headers) | {istr("Host")}
-    )
-    return CIMultiDict((k, v) for k, v in headers.items() if istr(k) not in drop)
+    return _without(headers, _REQUEST_DROP)
 
 
 def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None:
@@ -65,7 +67,7 @@ def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None
     The proxy's own control headers are never forwarded; their unreadable text is ignored instead.
     """
     for name, value in raw_headers:
-        if not value.isascii() and istr(name.decode("latin-1")) not in PROXY_REQUEST_HEADERS:
+        if not value.isascii() and name.decode("latin-1").lower() not in PROXY_REQUEST_HEADERS:
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
@@ -75,8 +77,7 @@ def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None
 
 def forwardable_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Elasticsearch's response headers minus hop-by-hop ones."""
-    drop = HOP_BY_HOP | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if istr(k) not in drop)
+    return _without(headers, HOP_BY_HOP)
 
 
 def error_body(status: int, error_type: str, reason: str) -> bytes:
@@ -124,7 +125,11 @@ def create_session(cfg: ElasticsearchConfig) -> aiohttp.ClientSession:
 
 
 class Elasticsearch:
-    """Sends requests to the configured Elasticsearch nodes in turn; the target is never client-chosen."""
+    """Sends requests to the configured Elasticsearch nodes in turn; the target is never client-chosen.
+
+    Client requests (pass-through and recall) go over lean keep-alive pools (`http1`); `session`, an
+    aiohttp session, serves the proxy's own background work (warming, vector transfer, health probes).
+    """
 
     def __init__(
         self,
@@ -138,6 +143,15 @@ class Elasticsearch:
         # How long a streamed answer may wait for its client to read while it holds a pooled connection.
         self.client_write_timeout_s = client_write_timeout_s
         self._bases = [URL(url.rstrip("/")) for url in cfg.url]
+        tls, fingerprint = _pool_tls(cfg)
+        self._pools = [
+            http1.Pool(
+                http1.Endpoint.from_url(base, tls, fingerprint),
+                limit=cfg.max_connections,
+                connect_timeout_s=cfg.connect_timeout_s,
+            )
+            for base in self._bases
+        ]
         self._turn = itertools.cycle(range(len(self._bases)))
         self._in_flight = 0
 
@@ -150,15 +164,21 @@ class Elasticsearch:
         """Requests of this process sent to Elasticsearch and not yet finished (passed-through ones too)."""
         return self._in_flight
 
+    async def aclose(self) -> None:
+        """Close the pooled connections and the session."""
+        for pool in self._pools:
+            pool.close()
+        await self._session.close()
+
     def target(self, base: URL, raw_path_qs: str) -> URL:
         """`raw_path_qs` appended to a configured base, still percent-encoded as the client sent it."""
         if not raw_path_qs.startswith("/"):
             raw_path_qs = "/" + raw_path_qs
         return URL(str(base) + raw_path_qs, encoded=True)
 
-    def _order(self) -> list[URL]:
+    def _order(self) -> list[http1.Pool]:
         first = next(self._turn)
-        return self._bases[first:] + self._bases[:first]
+        return self._pools[first:] + self._pools[:first]
 
     @asynccontextmanager
     async def request(
@@ -169,71 +189,103 @@ class Elasticsearch:
         body: bytes | aiohttp.StreamReader | None,
         *,
         retry_other_nodes: bool | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[http1.Response]:
         """Open a request; yields the response with its body unread. Transport failures → UpstreamError.
 
         A body held in memory may be re-sent to the next node when one refuses the connection; a
         streamed body cannot, so it gets one node.
         """
+        streamed = isinstance(body, aiohttp.StreamReader)
         if retry_other_nodes is None:
-            retry_other_nodes = not isinstance(body, aiohttp.StreamReader)
-        nodes = self._order() if retry_other_nodes else self._order()[:1]
+            retry_other_nodes = not streamed
+        pools = self._order() if retry_other_nodes else self._order()[:1]
+        if not raw_path_qs.startswith("/"):
+            raw_path_qs = "/" + raw_path_qs
         self._in_flight += 1
         try:
             last_error: UpstreamError | None = None
-            for base in nodes:
+            for pool in pools:
                 try:
-                    response = await self._session.request(
-                        method,
-                        self.target(base, raw_path_qs),
-                        headers=headers,
-                        data=body,
-                        allow_redirects=False,
-                        compress=False,
-                    )
-                except aiohttp.ClientConnectorError as exc:
-                    last_error = UpstreamError(
-                        f"cannot connect to Elasticsearch at {_shown(base)}: {exc.os_error}"
-                    )
+                    exchange = await self._send(pool, method, raw_path_qs, headers, body)
+                except _Refused as refused:
+                    last_error = refused.error
                     continue
-                except aiohttp.ConnectionTimeoutError as exc:
-                    raise UpstreamError(
-                        f"no connection to Elasticsearch at {base} within "
-                        f"{self._cfg.pool_timeout_s + self._cfg.connect_timeout_s:g} s "
-                        f"(all {self._cfg.max_connections} pooled connections busy, or the node is slow to "
-                        "accept)",
-                        timed_out=True,
-                    ) from exc
-                except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                    raise UpstreamError(
-                        f"Elasticsearch at {_shown(base)} did not answer within {self._cfg.timeout_s:g} s",
-                        timed_out=True,
-                    ) from exc
-                except aiohttp.ClientError as exc:
-                    raise UpstreamError(f"Elasticsearch at {_shown(base)} failed: {exc}") from exc
+                connection, response, body_task = exchange
                 try:
                     yield response
                 finally:
-                    response.release()
+                    _finish(pool, connection, response, body_task)
                 return
             assert last_error is not None
             raise last_error
         finally:
             self._in_flight -= 1
 
+    async def _send(
+        self,
+        pool: http1.Pool,
+        method: str,
+        raw_path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> tuple[http1.Connection, http1.Response, asyncio.Task[None] | None]:
+        """Write the request on a pooled connection and wait for the answer's headers."""
+        fresh = False
+        while True:
+            connection = await self._connection(pool, fresh=fresh)
+            response = http1.Response(connection, self._cfg.timeout_s)
+            head = connection.start(response, head_only=method == "HEAD")
+            body_task = _write_request(connection, pool.endpoint, method, raw_path_qs, headers, body)
+            try:
+                await http1.wait_at_most(head, self._cfg.timeout_s)
+                return connection, response, body_task
+            except TimeoutError as exc:
+                _finish(pool, connection, response, body_task)
+                raise UpstreamError(
+                    f"Elasticsearch at {_shown_endpoint(pool)} did not answer within "
+                    f"{self._cfg.timeout_s:g} s",
+                    timed_out=True,
+                ) from exc
+            except UpstreamError as exc:
+                _finish(pool, connection, response, body_task)
+                if (
+                    connection.reused
+                    and not fresh
+                    and body_task is None
+                    and method in http1.IDEMPOTENT_METHODS
+                ):
+                    # The node closed a kept-alive connection as the request went out: once more, anew.
+                    fresh = True
+                    continue
+                raise UpstreamError(f"Elasticsearch at {_shown_endpoint(pool)} failed: {exc}") from exc
+            except BaseException:
+                _finish(pool, connection, response, body_task)
+                raise
+
+    async def _connection(self, pool: http1.Pool, *, fresh: bool) -> http1.Connection:
+        cfg = self._cfg
+        try:
+            return await pool.acquire(cfg.pool_timeout_s, fresh=fresh)
+        except TimeoutError as exc:
+            raise UpstreamError(
+                f"no connection to Elasticsearch at {_shown_endpoint(pool)} within "
+                f"{cfg.pool_timeout_s + cfg.connect_timeout_s:g} s "
+                f"(all {cfg.max_connections} pooled connections busy, or the node is slow to accept)",
+                timed_out=True,
+            ) from exc
+        except UpstreamError:
+            raise
+        except (OSError, ssl.SSLError) as exc:
+            raise _Refused(
+                UpstreamError(f"cannot connect to Elasticsearch at {_shown_endpoint(pool)}: {exc}")
+            ) from exc
+
     async def fetch(
         self, method: str, raw_path_qs: str, headers: Mapping[str, str], body: bytes | None
     ) -> tuple[int, CIMultiDictProxy[str], bytes]:
         """A whole request and answer in memory (searches, whose bodies are bounded)."""
         async with self.request(method, raw_path_qs, headers, body) as response:
-            try:
-                payload = await response.read()
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise UpstreamError(
-                    f"Elasticsearch did not answer within {self._cfg.timeout_s:g} s", timed_out=True
-                ) from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"Elasticsearch dropped the connection: {exc}") from exc
+            payload = await response.read()
             return response.status, response.headers, payload
 
     async def reachable(self, timeout_s: float = 2.0) -> dict[str, bool]:
@@ -268,3 +320,77 @@ def upstream_error_response_body(error: UpstreamError) -> bytes:
 
 def _shown(base: URL) -> str:
     return redact_url(str(base))
+
+
+def _shown_endpoint(pool: http1.Pool) -> str:
+    endpoint = pool.endpoint
+    scheme = "https" if endpoint.tls is not None else "http"
+    return f"{scheme}://{endpoint.host_header}"
+
+
+class _Refused(Exception):
+    """The node could not be reached at all: the request never left, so another node may take it."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def _write_request(
+    connection: http1.Connection,
+    endpoint: http1.Endpoint,
+    method: str,
+    raw_path_qs: str,
+    headers: Mapping[str, str],
+    body: bytes | aiohttp.StreamReader | None,
+) -> asyncio.Task[None] | None:
+    """Send the head (and a body in memory) at once; a streamed body goes on in a task of its own."""
+    assert connection.transport is not None
+    if isinstance(body, aiohttp.StreamReader):
+        declared = headers.get("Content-Length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
+        head = http1.request_head(method, raw_path_qs, endpoint, headers, length, chunked=length is None)
+        connection.transport.write(head)
+        return asyncio.ensure_future(connection.write_body(body.iter_any(), chunked=length is None))
+    if body is None:
+        length = 0 if "Content-Length" in headers else None
+    elif body or "Content-Length" in headers or method in _BODY_METHODS:
+        length = len(body)
+    else:
+        length = None
+    connection.transport.write(
+        http1.request_head(method, raw_path_qs, endpoint, headers, length) + (body or b"")
+    )
+    return None
+
+
+def _finish(
+    pool: http1.Pool,
+    connection: http1.Connection,
+    response: http1.Response,
+    body_task: asyncio.Task[None] | None,
+) -> None:
+    """Return the connection to its pool: reusable only when request and answer both went out whole."""
+    if body_task is not None and not body_task.done():
+        body_task.cancel()
+        connection.close()
+    elif body_task is not None and body_task.exception() is not None:
+        connection.close()
+    if not response.complete:
+        connection.close()
+    pool.release(connection)
+
+
+def _pool_tls(cfg: ElasticsearchConfig) -> tuple[ssl.SSLContext, bytes | None]:
+    """The TLS context of https nodes, and the pinned certificate digest when one is configured."""
+    setting = build_ssl(cfg)
+    if isinstance(setting, ssl.SSLContext):
+        return setting, None
+    context = ssl.create_default_context()
+    if setting is True:
+        return context, None
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if isinstance(setting, aiohttp.Fingerprint):
+        return context, setting.fingerprint
+    return context, None

@@ -15,6 +15,9 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _MOVE_BUCKETS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
 _BREAKER_STATES = ("closed", "half_open", "open")
 
+# RFC 9110's methods and PATCH: the `method` label's values (anything else is `other`).
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
 
 def index_group(indices: Sequence[str], patterns: Sequence[str]) -> str:
     """The configured index pattern a search fell under: a label of bounded cardinality."""
@@ -126,6 +129,7 @@ class Metrics:
             ["method"],
             registry=registry,
         )
+        self._passthrough_by_method: dict[str, Counter] = {}
         self.shadow_overlap = Histogram(
             f"{prefix}_shadow_top10_overlap",
             "Shadow mode: share of Elasticsearch's top ten that the reranked top ten keeps.",
@@ -206,6 +210,16 @@ class Metrics:
             self.shadow_overlap.observe(top_k_overlap(order))
             self.shadow_kendall_tau.observe(kendall_tau(order))
             self.shadow_moved.observe(mean_position_change(order))
+
+    def count_passthrough(self, method: str) -> None:
+        """One request forwarded untouched; methods outside HTTP's own count as `other`, so a client
+        inventing method names cannot grow the label set without bound."""
+        child = self._passthrough_by_method.get(method)
+        if child is None:
+            child = self.passthrough.labels(method if method in _HTTP_METHODS else "other")
+            if method in _HTTP_METHODS:
+                self._passthrough_by_method[method] = child
+        child.inc()
 
     def track_scorer(
         self, in_flight: Callable[[], int], breaker_states: Callable[[], Mapping[str, str]]

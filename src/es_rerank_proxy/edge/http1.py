@@ -1,0 +1,421 @@
+"""A lean HTTP/1.1 client for Elasticsearch: pooled keep-alive connections, responses parsed by llhttp.
+
+aiohttp's client spends most of a pass-through's CPU on objects the proxy never needs (cookies, redirects,
+traces, URL building per request); profiled with py-spy it was two thirds of a forwarded `_doc` GET. Here
+a request is one `write` of prebuilt bytes and a response is parsed in C (httptools) into status, headers
+and body chunks. The body is handed on as it arrives, with flow control both ways, so a 1 GB `_bulk` or
+scroll costs constant memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import hashlib
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from ..errors import UpstreamError
+
+# Buffered response bytes beyond which the connection stops reading until the consumer catches up.
+_HIGH_WATER = 1024 * 1024
+_LOW_WATER = 256 * 1024
+# RFC 9110 §9.2.2: a request that failed on a reused connection before any answer may be sent again.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where one configured node listens and how to reach it."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    fingerprint: bytes | None  # SHA-256 of the node's certificate, when pinned instead of verified
+    host_header: str
+    base_path: str  # a configured URL's path prefix, without the trailing slash
+    authorization: str | None  # Basic credentials from the URL's user info, for clients that send none
+
+    @classmethod
+    def from_url(cls, url: URL, tls: ssl.SSLContext | None, fingerprint: bytes | None = None) -> Endpoint:
+        host = url.raw_host or "127.0.0.1"
+        port = url.port or (443 if url.scheme == "https" else 80)
+        default_port = url.is_default_port()
+        shown_host = f"[{host}]" if ":" in host else host
+        authorization = None
+        if url.user is not None:
+            pair = f"{url.user}:{url.password or ''}".encode()
+            authorization = "Basic " + base64.b64encode(pair).decode("ascii")
+        return cls(
+            host=host,
+            port=port,
+            tls=tls if url.scheme == "https" else None,
+            fingerprint=fingerprint if url.scheme == "https" else None,
+            host_header=shown_host if default_port else f"{shown_host}:{port}",
+            base_path=url.raw_path.rstrip("/"),
+            authorization=authorization,
+        )
+
+
+def request_head(
+    method: str,
+    target: str,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    content_length: int | None,
+    *,
+    chunked: bool = False,
+) -> bytes:
+    """The request line and headers as sent: `Host` is the node's, the framing the body's own."""
+    lines = [f"{method} {endpoint.base_path}{target} HTTP/1.1", f"Host: {endpoint.host_header}"]
+    has_authorization = False
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in ("content-length", "transfer-encoding", "host"):
+            continue  # framing is this hop's: set below from the body actually sent
+        has_authorization = has_authorization or lowered == "authorization"
+        lines.append(f"{name}: {value}")
+    if endpoint.authorization is not None and not has_authorization:
+        lines.append(f"Authorization: {endpoint.authorization}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    lines.append("")
+    lines.append("")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+class Response:
+    """One answer: status and headers first, then the body as it arrives (`read` or `iter_chunks`)."""
+
+    def __init__(self, connection: Connection, read_timeout_s: float | None) -> None:
+        self._connection = connection
+        self._read_timeout_s = read_timeout_s
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.content_length: int | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._done = False
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    # --- fed by the connection -----------------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > _HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def _finish(self, error: UpstreamError | None = None) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # --- read by the caller --------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived without error."""
+        return self._done and self._error is None
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await wait_at_most(self._waiter, self._read_timeout_s)
+        except TimeoutError as exc:
+            raise UpstreamError("Elasticsearch stopped answering mid-body", timed_out=True) from exc
+        finally:
+            self._waiter = None
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive; UpstreamError if Elasticsearch breaks off or goes quiet."""
+        while True:
+            while self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered < _LOW_WATER:
+                    self._connection.resume_reading()
+                yield chunk
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return
+            await self._wait()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._done:
+            if self._buffered > _LOW_WATER:
+                self._connection.resume_reading()  # read() takes everything: never stall on the high mark
+            await self._wait()
+        if self._error is not None:
+            raise self._error
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; answers are parsed by llhttp and fed to the current `Response`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: Response | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._header_names: list[bytes] = []
+        self._header_values: list[bytes] = []
+        self._skip_body = False
+        self._reading_paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self.keep_alive = False
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is one without subclassing it
+
+    def data_received(self, data: bytes) -> None:
+        if self._response is None:
+            self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"Elasticsearch sent a malformed answer: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost finishes the answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._can_write.set()
+        response = self._response
+        if response is not None and self._head is not None and self._head.done():
+            if self._body_ends_at_close(response):
+                response._finish()  # an answer without a length ends where the connection does
+            else:
+                response._finish(UpstreamError("Elasticsearch broke off its answer"))
+        else:
+            self._fail(UpstreamError("Elasticsearch closed the connection before answering"))
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # --- httptools callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._header_names.clear()
+        self._header_values.clear()
+
+    def on_status(self, status: bytes) -> None:
+        if self._response is not None:
+            self._response.reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_names.append(name)
+        self._header_values.append(value)
+
+    def on_headers_complete(self) -> None:
+        response = self._response
+        if response is None or self._head is None:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (103 Early Hints): the final one follows
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in zip(self._header_names, self._header_values, strict=True):
+            headers.add(name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+        response.status = status
+        response.headers = CIMultiDictProxy(headers)
+        length = headers.get("Content-Length")
+        response.content_length = int(length) if length is not None and length.isdigit() else None
+        self.keep_alive = self._parser.should_keep_alive()
+        if not self._head.done():
+            self._head.set_result(None)
+        if self._skip_body:
+            # A HEAD answer announces a length but carries no body; llhttp cannot be told, so start afresh.
+            self._parser = httptools.HttpResponseParser(self)
+            self._complete(response)
+
+    def on_body(self, body: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(body)
+
+    def on_message_complete(self) -> None:
+        response = self._response
+        if response is None or self._head is None or not self._head.done():
+            return  # the end of an interim answer
+        self._complete(response)
+
+    # --- used by the pool ----------------------------------------------------------------------------
+
+    def start(self, response: Response, head_only: bool) -> asyncio.Future[None]:
+        """Expect the answer to a request about to be written; the future resolves with its headers."""
+        self._response = response
+        self._skip_body = head_only
+        self._head = asyncio.get_running_loop().create_future()
+        return self._head
+
+    async def write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """Send a streamed body, waiting whenever the socket's buffer is full."""
+        assert self.transport is not None
+        async for chunk in body:
+            if self.closed:
+                return
+            if chunk:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await self._can_write.wait()
+        if chunked and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def idle(self) -> bool:
+        """Free for another request: the last answer was read to its end and the node keeps the connection."""
+        return not self.closed and self._response is None and self.keep_alive
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _complete(self, response: Response) -> None:
+        self._response = None
+        response._finish()
+        self.resume_reading()
+
+    def _fail(self, error: UpstreamError) -> None:
+        response, head = self._response, self._head
+        self._response = None
+        if head is not None and not head.done():
+            head.set_exception(error)
+            head.exception()  # retrieved here: a caller that gave up must not leave it "never retrieved"
+        if response is not None:
+            response._finish(error)
+
+    def _body_ends_at_close(self, response: Response) -> bool:
+        return (
+            response.content_length is None
+            and "chunked" not in response.headers.get("Transfer-Encoding", "").lower()
+            and not self._skip_body
+        )
+
+
+class Pool:
+    """Keep-alive connections to one node, at most `limit` open; the most recently used is reused first."""
+
+    def __init__(self, endpoint: Endpoint, *, limit: int, connect_timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self._limit = asyncio.Semaphore(limit)
+        self._connect_timeout_s = connect_timeout_s
+        self._idle: list[Connection] = []
+        self._closed = False
+
+    async def acquire(self, pool_timeout_s: float, *, fresh: bool = False) -> Connection:
+        """A connection of the pool (reused when one is idle, unless `fresh`); waits at most `pool_timeout_s`
+        for a free slot."""
+        if self._limit.locked():
+            async with asyncio.timeout(pool_timeout_s):
+                await self._limit.acquire()
+        else:
+            await self._limit.acquire()  # free: returns at once, no timer needed
+        try:
+            while self._idle and not fresh:
+                connection = self._idle.pop()
+                if connection.idle():
+                    connection.reused = True
+                    return connection
+            return await self._connect()
+        except BaseException:
+            self._limit.release()
+            raise
+
+    def release(self, connection: Connection) -> None:
+        """Give a connection back: kept when its last answer ended cleanly, else closed."""
+        self._limit.release()
+        if connection.idle() and not self._closed:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    async def _connect(self) -> Connection:
+        endpoint = self.endpoint
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout_s):
+            _, connection = await loop.create_connection(
+                Connection,
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.tls,
+                server_hostname=endpoint.host if endpoint.tls is not None else None,
+            )
+        if endpoint.fingerprint is not None:
+            _check_fingerprint(connection, endpoint.fingerprint)
+        return connection
+
+    def close(self) -> None:
+        self._closed = True
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
+
+
+async def wait_at_most(future: asyncio.Future[None], timeout_s: float | None) -> None:
+    """Await `future`, raising TimeoutError after `timeout_s`: one timer, lighter than `asyncio.timeout`
+    on a path taken twice per forwarded request."""
+    if timeout_s is None or future.done():
+        await future
+        return
+    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future)
+    try:
+        await future
+    finally:
+        timer.cancel()
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
+def _check_fingerprint(connection: Connection, expected: bytes) -> None:
+    assert connection.transport is not None
+    ssl_object = connection.transport.get_extra_info("ssl_object")
+    certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if certificate is None or hashlib.sha256(certificate).digest() != expected:
+        connection.close()
+        raise UpstreamError("the node's certificate does not match elasticsearch.ssl_assert_fingerprint")

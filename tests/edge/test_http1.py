@@ -1,0 +1,217 @@
+"""edge.http1: the pass-through's HTTP/1.1 client, against nodes that frame answers in every legal way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from yarl import URL
+
+from es_rerank_proxy.config import ElasticsearchConfig
+from es_rerank_proxy.edge.http1 import Endpoint, request_head
+from es_rerank_proxy.edge.upstream import Elasticsearch, create_session
+from es_rerank_proxy.errors import UpstreamError
+
+from ..fakes.raw_http import raw_http_server
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+@pytest.mark.parametrize(
+    ("url", "host_header", "port", "base_path", "authorization"),
+    [
+        ("http://es:9200", "es:9200", 9200, "", None),
+        ("https://es", "es", 443, "", None),
+        ("http://es", "es", 80, "", None),
+        ("http://[::1]:9200", "[::1]:9200", 9200, "", None),
+        ("https://elastic:pw@es:9243/prefix/", "es:9243", 9243, "/prefix", "Basic ZWxhc3RpYzpwdw=="),
+    ],
+)
+def test_endpoint_from_url(
+    url: str, host_header: str, port: int, base_path: str, authorization: str | None
+) -> None:
+    endpoint = Endpoint.from_url(URL(url.rstrip("/")), None)
+    assert (endpoint.host_header, endpoint.port, endpoint.base_path, endpoint.authorization) == (
+        host_header,
+        port,
+        base_path,
+        authorization,
+    )
+
+
+def _endpoint(url: str = "http://es:9200") -> Endpoint:
+    return Endpoint.from_url(URL(url), None)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "url", "headers", "length", "chunked", "expected"),
+    [
+        (
+            "GET",
+            "/i/_doc/1",
+            "http://es:9200",
+            {},
+            None,
+            False,
+            b"GET /i/_doc/1 HTTP/1.1\r\nHost: es:9200\r\n\r\n",
+        ),
+        # The client's framing and Host never pass: this hop's own are set from the body actually sent.
+        (
+            "POST",
+            "/_bulk",
+            "http://es:9200",
+            {"Host": "evil", "Content-Length": "99", "Transfer-Encoding": "chunked", "X-A": "1"},
+            3,
+            False,
+            b"POST /_bulk HTTP/1.1\r\nHost: es:9200\r\nX-A: 1\r\nContent-Length: 3\r\n\r\n",
+        ),
+        (
+            "PUT",
+            "/i",
+            "http://es:9200/base",
+            {"Content-Type": "application/json"},
+            None,
+            True,
+            b"PUT /base/i HTTP/1.1\r\nHost: es:9200\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+        ),
+        # Credentials in the URL serve only clients that bring none of their own.
+        (
+            "GET",
+            "/",
+            "http://u:p@es:9200",
+            {},
+            None,
+            False,
+            b"GET / HTTP/1.1\r\nHost: es:9200\r\nAuthorization: Basic dTpw\r\n\r\n",
+        ),
+        (
+            "GET",
+            "/",
+            "http://u:p@es:9200",
+            {"Authorization": "ApiKey abc"},
+            None,
+            False,
+            b"GET / HTTP/1.1\r\nHost: es:9200\r\nAuthorization: ApiKey abc\r\n\r\n",
+        ),
+    ],
+)
+def test_request_head(
+    method: str,
+    target: str,
+    url: str,
+    headers: dict[str, str],
+    length: int | None,
+    chunked: bool,
+    expected: bytes,
+) -> None:
+    assert request_head(method, target, _endpoint(url), headers, length, chunked=chunked) == expected
+
+
+def _client(url: str, **settings: float) -> Elasticsearch:
+    cfg = ElasticsearchConfig(url=(url,), **settings)  # type: ignore[arg-type]
+    return Elasticsearch(create_session(cfg), cfg)
+
+
+async def _exchange(es: Elasticsearch, method: str = "GET", path: str = "/i/_doc/1") -> tuple[int, bytes]:
+    async with es.request(method, path, {}, None) as response:
+        body = b"" if method == "HEAD" else await response.read()
+        return response.status, body
+
+
+async def test_head_answer_announces_a_length_without_a_body_and_the_connection_goes_on() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n"
+    async with raw_http_server(lambda request: (head if request.startswith(b"HEAD") else OK, False)) as node:
+        es = _client(node.url)
+        try:
+            assert await _exchange(es, "HEAD") == (200, b"")
+            assert await _exchange(es) == (200, b'{"ok":true}')
+            assert node.connections == 1
+        finally:
+            await es.aclose()
+
+
+async def test_chunked_answer_is_joined_and_the_connection_reused() -> None:
+    chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n5\r\n:1}\r\n\r\n0\r\n\r\n'
+    async with raw_http_server(lambda request: (chunked, False)) as node:
+        es = _client(node.url)
+        try:
+            for _ in range(3):
+                assert await _exchange(es) == (200, b'{"a":1}\r\n')
+            assert node.connections == 1
+        finally:
+            await es.aclose()
+
+
+async def test_answer_without_a_length_ends_where_the_connection_does() -> None:
+    async with raw_http_server(lambda request: (b"HTTP/1.1 200 OK\r\n\r\nuntil close", True)) as node:
+        es = _client(node.url)
+        try:
+            assert await _exchange(es) == (200, b"until close")
+            assert await _exchange(es) == (200, b"until close")
+        finally:
+            await es.aclose()
+
+
+async def test_interim_answer_is_skipped_for_the_final_one() -> None:
+    async with raw_http_server(
+        lambda request: (b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + OK, False)
+    ) as node:
+        es = _client(node.url)
+        try:
+            assert await _exchange(es) == (200, b'{"ok":true}')
+        finally:
+            await es.aclose()
+
+
+async def test_kept_alive_connection_closed_by_the_node_is_retried_for_an_idempotent_request() -> None:
+    # The node closes after every answer without saying so: the next GET meets a dead pooled connection.
+    async with raw_http_server(lambda request: (OK, True)) as node:
+        es = _client(node.url)
+        try:
+            assert await _exchange(es) == (200, b'{"ok":true}')
+            await asyncio.sleep(0.05)
+            assert await _exchange(es) == (200, b'{"ok":true}')
+            assert node.connections == 2
+        finally:
+            await es.aclose()
+
+
+@pytest.mark.parametrize(
+    ("answer", "timed_out"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", False),  # broken off mid-body
+        (b"NOT HTTP AT ALL\r\n\r\n", False),  # malformed
+        (b"", False),  # closed without a byte
+    ],
+)
+async def test_broken_answers_are_upstream_errors(answer: bytes, timed_out: bool) -> None:
+    async with raw_http_server(lambda request: (answer, True)) as node:
+        es = _client(node.url)
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                await _exchange(es)
+            assert caught.value.timed_out is timed_out
+            # The pool is not poisoned: the next request gets a fresh connection.
+            node.answer = lambda request: (OK, False)
+            assert await _exchange(es) == (200, b'{"ok":true}')
+        finally:
+            await es.aclose()
+
+
+async def test_every_pooled_connection_busy_times_out_instead_of_waiting_for_ever() -> None:
+    async with raw_http_server(lambda request: (b"", False)) as node:  # never answers
+        es = _client(node.url, max_connections=1, pool_timeout_s=0.1, connect_timeout_s=0.1, timeout_s=5)
+        try:
+            first = asyncio.ensure_future(_exchange(es))
+            await asyncio.sleep(0.05)
+            with pytest.raises(UpstreamError) as caught:
+                await _exchange(es)
+            assert caught.value.timed_out
+            assert "pooled connections busy" in caught.value.reason
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert es.in_flight == 0
+        finally:
+            await es.aclose()
