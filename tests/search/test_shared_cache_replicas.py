@@ -170,7 +170,9 @@ def test_a_hanging_redis_costs_at_most_its_timeout_per_search(
                 )
                 # The rerank step: Redis's bound plus the model's fixed latency, plus scheduling.
                 assert timings["rerank"] < redis_timeout_ms + MODEL_LATENCY_S * 1000 + MARGIN_S * 1000
-            assert _shared_state(proxy)["errors"]["timeout"] == len(QUERIES)
+            # Every lookup timed out. The write-backs and the opening PING time out too, later and outside
+            # any search (their bounds are longer), so on a slow machine some of them are counted already.
+            assert _shared_state(proxy)["errors"]["timeout"] >= len(QUERIES)
 
 
 def test_wrong_types_and_garbage_in_redis_are_misses(
