@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from .admin import debug_ui, routes, vector_transfer, warm_jobs
 from .config import Config, redact_url
 from .edge import passthrough
+from .edge.fast_lane import FastLane, HeadLimits
 from .edge.http_io import es_error
 from .edge.listener import GuardedAppRunner, tcp_site
 from .edge.tls import ListenerTls, listener_tls
@@ -60,6 +61,22 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return await runtime.pipeline.handle(request, endpoint)
 
 
+def fast_lane(app: web.Application, config: Config) -> FastLane:
+    """The lane for plain non-search requests; the runtime it reads is the app's, once started."""
+    server = config.server
+    return FastLane(
+        es=lambda: app[RUNTIME].es,
+        is_search=lambda method, path: classify_endpoint(method, path) is not None,
+        counted=lambda method: app[RUNTIME].metrics.count_fast_lane(method),
+        limits=HeadLimits(
+            max_line_size=server.max_line_size,
+            max_field_size=server.max_field_size,
+            max_headers=server.max_headers,
+        ),
+        client_write_timeout_s=server.client_write_timeout_s,
+    )
+
+
 def create_admin_app(public: web.Application) -> web.Application:
     """Health, readiness, metrics, config and debug: on the admin listener only, never the public one."""
     admin = web.Application()
@@ -76,6 +93,7 @@ def public_runner(app: web.Application, config: Config) -> web.AppRunner:
     return GuardedAppRunner(
         app,
         config.server,
+        fast_lane=fast_lane(app, config) if config.server.fast_lane else None,
         auto_decompress=False,  # a gzip body must reach Elasticsearch exactly as the client sent it
         shutdown_timeout=config.server.shutdown_timeout_s,
         access_log=None,

@@ -8,16 +8,38 @@ connections trickling headers must not hold sockets open for ever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
+from .fast_lane import ClientWriter, FastLane, Plain, RequestMirror
 from .tls import ListenerTls
 from .upstream import error_body
 
+log = logging.getLogger(__name__)
+
 _END_OF_HEADERS = b"\r\n\r\n"
+# aiohttp's RequestHandler state the fast lane reads to know the connection is idle, and sets to keep
+# its keep-alive timer right. Without any of them (another aiohttp) the lane stays shut: slower, not wrong.
+_AIOHTTP_STATE = (
+    "_messages",
+    "_waiter",
+    "_request_in_progress",
+    "_payload_parser",
+    "_upgraded",
+    "_close",
+    "_force_close",
+    "_next_keepalive_close_time",
+    "_keepalive_handle",
+    "_keepalive_timeout",
+    "_paused",
+    "_drain_helper",
+    "_process_keepalive",
+)
 
 
 def parse_error_answer(exc: BaseException | None, status: int) -> tuple[int, str, str]:
@@ -33,13 +55,29 @@ def parse_error_answer(exc: BaseException | None, status: int) -> tuple[int, str
 
 
 class GuardedRequestHandler(web.RequestHandler):
-    """aiohttp's protocol with a deadline for the first request's headers and JSON parse errors."""
+    """aiohttp's protocol with a deadline for the first request's headers and JSON parse errors.
 
-    def __init__(self, manager: web.Server, *, header_read_timeout_s: float, **kwargs: Any) -> None:
+    With a `fast_lane`, whole plain non-search requests that arrive while aiohttp has nothing under way
+    on the connection are answered by the lane; every other byte goes to aiohttp as before.
+    """
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        header_read_timeout_s: float,
+        fast_lane: FastLane | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._header_read_timeout_s = header_read_timeout_s
         self._header_deadline: asyncio.TimerHandle | None = None
         self._head_tail = b""
+        supported = all(hasattr(self, name) for name in _AIOHTTP_STATE)
+        self._lane = fast_lane if supported else None
+        self._mirror = RequestMirror(fast_lane.limits) if self._lane is not None and fast_lane else None
+        self._lane_task: asyncio.Task[None] | None = None
+        self._held: list[bytes] = []  # bytes that arrived while the lane answered, in order
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -54,11 +92,97 @@ class GuardedRequestHandler(web.RequestHandler):
                 self._stop_deadline()
             else:
                 self._head_tail = seen[-3:]
+        if self._lane_task is not None:
+            self._held.append(data)  # pipelined behind the lane's answer: its turn comes after
+            return
+        if self._mirror is None or self._lane is None:
+            super().data_received(data)
+            return
+        idle = not self._mirror.mid_message and self._aiohttp_idle()
+        completed = self._mirror.feed(data)
+        if self._mirror.broken:
+            self._mirror = None
+        elif idle and len(completed) == 1 and not self._mirror.mid_message:
+            request = completed[0]
+            if request is not None and self._lane.takes(request):
+                self._start_lane(request)
+                return
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_deadline()
+        if self._lane_task is not None:
+            self._lane_task.cancel()
         super().connection_lost(exc)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        self._lane = None  # nothing new starts; an answer under way gets the same grace as aiohttp's
+        if self._lane_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._lane_task), timeout)
+        await super().shutdown(timeout)
+
+    # --- the fast lane -------------------------------------------------------------------------------
+
+    def _aiohttp_idle(self) -> bool:
+        """aiohttp waits for a request and holds none, in part or whole: the next bytes start a new one."""
+        waiter = self._waiter
+        return (
+            waiter is not None
+            and not waiter.done()
+            and not self._messages
+            and not self._request_in_progress
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._close
+            and not self._force_close
+        )
+
+    def _start_lane(self, request: Plain) -> None:
+        assert self._lane is not None and self.transport is not None
+        writer = ClientWriter(self.transport, lambda: self._paused, self._drain_helper)
+        self._lane_task = self._loop.create_task(self._run_lane(self._lane, request, writer))
+
+    async def _run_lane(self, lane: FastLane, request: Plain, writer: ClientWriter) -> None:
+        try:
+            await lane.forward(request, writer)
+        except Exception:
+            # Never a 500 for a forwarded request: Elasticsearch-shaped, or a cut connection mid-answer.
+            log.exception("fast lane failed forwarding %s %s", request.method, request.target)
+            if writer.started:
+                writer.abort()
+            else:
+                code = 502
+                body = error_body(code, "proxy_exception", "the proxy could not forward the request")
+                writer.write(
+                    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
+                    b"X-Elastic-Product: Elasticsearch\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+                )
+        finally:
+            self._lane_task = None
+            self._extend_keepalive()
+            held, self._held = self._held, []
+            if self.transport is not None and not self.transport.is_closing():
+                for data in held:
+                    self.data_received(data)
+
+    def _extend_keepalive(self) -> None:
+        """aiohttp closes a connection idle for `keepalive_timeout` since its own last request; count the
+        lane's requests too, and arm the timer on a connection aiohttp has not served yet."""
+        if not self._keepalive_timeout or self._force_close:
+            return
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
+    def _process_keepalive(self) -> None:
+        if self._lane_task is not None:
+            # aiohttp sees an idle connection, but the lane is answering on it: look again later.
+            self._keepalive_handle = None
+            self._extend_keepalive()
+            return
+        super()._process_keepalive()
 
     def _stop_deadline(self) -> None:
         if self._header_deadline is not None:
@@ -94,7 +218,13 @@ class GuardedRequestHandler(web.RequestHandler):
 
 
 class _GuardedServer(web.Server):
-    def __init__(self, origin: web.Server, header_read_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        origin: web.Server,
+        header_read_timeout_s: float,
+        fast_lane: FastLane | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             origin.request_handler,
             request_factory=origin.request_factory,
@@ -102,17 +232,29 @@ class _GuardedServer(web.Server):
             **kwargs,
         )
         self._header_read_timeout_s = header_read_timeout_s
+        self._fast_lane = fast_lane
 
     def __call__(self) -> GuardedRequestHandler:
         return GuardedRequestHandler(
-            self, header_read_timeout_s=self._header_read_timeout_s, loop=self._loop, **self._kwargs
+            self,
+            header_read_timeout_s=self._header_read_timeout_s,
+            fast_lane=self._fast_lane,
+            loop=self._loop,
+            **self._kwargs,
         )
 
 
 class GuardedAppRunner(web.AppRunner):
     """An AppRunner whose connections are `GuardedRequestHandler`s with the configured limits."""
 
-    def __init__(self, app: web.Application, limits: ServerConfig, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        limits: ServerConfig,
+        *,
+        fast_lane: FastLane | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             app,
             max_line_size=limits.max_line_size,
@@ -122,11 +264,14 @@ class GuardedAppRunner(web.AppRunner):
             **kwargs,
         )
         self._header_read_timeout_s = limits.header_read_timeout_s
+        self._fast_lane = fast_lane
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # aiohttp builds its Server inside the app; rebuild it with the same arguments but our protocol.
-        return _GuardedServer(server, self._header_read_timeout_s, loop=server._loop, **server._kwargs)
+        return _GuardedServer(
+            server, self._header_read_timeout_s, self._fast_lane, loop=server._loop, **server._kwargs
+        )
 
 
 def tcp_site(runner: web.BaseRunner, host: str, port: int, tls: ListenerTls | None) -> web.TCPSite:

@@ -130,6 +130,12 @@ class Metrics:
             registry=registry,
         )
         self._passthrough_by_method: dict[str, Counter] = {}
+        self.fast_lane = Counter(
+            f"{prefix}_fast_lane_requests",
+            "Of the requests forwarded untouched, those the fast lane answered without aiohttp's request "
+            "machinery (edge/fast_lane.py); 0 while plain requests flow means the lane is shut.",
+            registry=registry,
+        )
         self.shadow_overlap = Histogram(
             f"{prefix}_shadow_top10_overlap",
             "Shadow mode: share of Elasticsearch's top ten that the reranked top ten keeps.",
@@ -220,6 +226,11 @@ class Metrics:
             if method in _HTTP_METHODS:
                 self._passthrough_by_method[method] = child
         child.inc()
+
+    def count_fast_lane(self, method: str) -> None:
+        """One request forwarded untouched by the fast lane."""
+        self.count_passthrough(method)
+        self.fast_lane.inc()
 
     def track_scorer(
         self, in_flight: Callable[[], int], breaker_states: Callable[[], Mapping[str, str]]
