@@ -13,7 +13,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from .upstream import error_body, forwardable_request_headers, forwardable_response_headers
 
-_INLINE_GZIP_MAX = 4 * 1024 * 1024
+_GZIP_LEVEL = 1
 # Request headers that describe the client's body; the recall request carries a body of its own.
 _BODY_HEADERS = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.ACCEPT_ENCODING)
 
@@ -138,11 +138,13 @@ def json_response(
     for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING):
         headers.popall(name, None)
     headers.update(extra)
-    # A page compresses in well under a millisecond: inline beats a hop through aiohttp's thread pool.
-    response = web.Response(status=200, body=body, headers=headers, zlib_executor_size=_INLINE_GZIP_MAX)
     if accepts_gzip:
-        response.enable_compression(web.ContentCoding.gzip)
-    return response
+        # Level 1, inline: a 14 KB page in 0.08 ms and 5.3 KB, where aiohttp's default level 6 took 0.4 ms
+        # for 4.6 KB (profile_search.py, browsers' searches): the proxy's own time is the scarcer one.
+        compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        body = compressor.compress(body) + compressor.flush()
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+    return web.Response(status=200, body=body, headers=headers)
 
 
 def raw_response(
