@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (full, --quick) defaults
 DEFAULTS = {
     "duration": (8, 2),
+    "rounds": (4, 2),
     "rerank_seconds": (20.0, 5.0),
     "soak_minutes": (5.0, 0.5),
     "memory_searches": (10_000, 3_000),
@@ -64,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--capacity-clients", type=int, default=16, help="closed-loop clients of the capacity phase"
     )
     parser.add_argument("--duration", type=int, help="seconds per pass-through cell (default 8, quick 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="pass-through cells run in this many turns across the targets, medians kept (4, quick 2)",
+    )
     parser.add_argument(
         "--rerank-seconds", type=float, help="seconds per rerank measurement (default 20, quick 5)"
     )
@@ -129,8 +135,13 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
             targets["nginx"] = stack.enter_context(services.nginx(tmp, es_url))
             targets["front"] = stack.enter_context(services.front(tmp, es_url, [proxy.url]))
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        log(f"pass-through: {len(targets) * len(concurrencies) * 2} cells of {args.duration:g} s")
-        passthrough = phases.passthrough(targets, concurrencies, args.duration, use_wrk, tmp, args.docs)
+        log(
+            f"pass-through: {len(targets) * len(concurrencies) * 2} cells of {args.duration:g} s, "
+            f"in {args.rounds} turns"
+        )
+        passthrough = phases.passthrough(
+            targets, concurrencies, args.duration, use_wrk, tmp, args.docs, rounds=args.rounds
+        )
 
         # The rerank path runs on a static 100-hit window, so Elasticsearch's time and noise stay out of it.
         window_url = stack.enter_context(services.static_window(tmp))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -72,24 +73,44 @@ def passthrough(
     use_wrk: bool,
     tmp: Path,
     docs: int,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """req/s and p50/p99 per operation, target and concurrency."""
+    """req/s and p50/p99 per operation, target and concurrency.
+
+    With `rounds` > 1 each cell runs `rounds` times for `duration_s / rounds`, the targets taking turns,
+    and the medians are kept: noida-db's speed drifts over seconds, and one target measured after another
+    would carry that drift into the ratios.
+    """
     operations = {
         "doc": (f"GET /{corpus.INDEX}/_doc/<random id>", doc_paths(docs)),
         "search": (f"GET /{RECALL_INDEX}/_search?q=title:<word>&sort=_doc (bypassed)", search_paths()),
     }
+    slice_s = max(1, round(duration_s / max(1, rounds)))
     results: dict[str, Any] = {}
     for op, (label, paths) in operations.items():
-        results[op] = {"label": label}
-        for name, url in targets.items():
-            results[op][name] = {}
+        cells: dict[tuple[str, int], list[load.Throughput]] = {}
+        for _ in range(max(1, rounds)):
             for conc in concurrencies:
-                if use_wrk:
-                    cell = load.run_wrk(url, paths, conc, duration_s, tmp)
-                else:
-                    cell = load.run_aiohttp(url, paths, conc, duration_s)
-                results[op][name][str(conc)] = asdict(cell)
+                for name, url in targets.items():
+                    if use_wrk:
+                        cell = load.run_wrk(url, paths, conc, slice_s, tmp)
+                    else:
+                        cell = load.run_aiohttp(url, paths, conc, slice_s)
+                    cells.setdefault((name, conc), []).append(cell)
+        results[op] = {"label": label}
+        for (name, conc), runs in cells.items():
+            results[op].setdefault(name, {})[str(conc)] = asdict(_median_cell(runs))
     return results
+
+
+def _median_cell(runs: Sequence[load.Throughput]) -> load.Throughput:
+    return load.Throughput(
+        rps=statistics.median(run.rps for run in runs),
+        p50_ms=statistics.median(run.p50_ms for run in runs),
+        p99_ms=statistics.median(run.p99_ms for run in runs),
+        errors=sum(run.errors for run in runs),
+        tool=runs[0].tool,
+    )
 
 
 # --- rerank path --------------------------------------------------------------------------------------
