@@ -17,6 +17,10 @@ from ..fakes.raw_http import raw_http_server
 from ..fakes.recording_upstream import recording_upstream
 
 LIMITS = HeadLimits(max_line_size=200, max_field_size=200, max_headers=4)
+
+
+def _is_search(method: str, path: str) -> bool:
+    return path.endswith("/_search")
 GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
 
 
@@ -42,14 +46,15 @@ GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
         (b"GET / HTTP/1.1\r\nX-Long: " + b"v" * 200 + b"\r\n\r\n", [None]),  # header over the limit
         (b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 5 + b"\r\n", [None]),  # too many headers
         (b"GET / HTTP/1.1\r\nHost: pro", []),  # not whole yet
+        (b"GET /i/_search?q=x HTTP/1.1\r\n\r\n", [None]),  # the pipeline's
     ],
 )
 def test_mirror_hands_the_lane_only_whole_plain_requests(data: bytes, expected: list[Plain | None]) -> None:
-    assert RequestMirror(LIMITS).feed(data) == expected
+    assert RequestMirror(LIMITS, _is_search).feed(data) == expected
 
 
 def test_mirror_follows_a_request_that_arrives_in_pieces() -> None:
-    mirror = RequestMirror(LIMITS)
+    mirror = RequestMirror(LIMITS, _is_search)
     assert mirror.feed(GET[:10]) == [] and mirror.mid_message
     assert mirror.feed(GET[10:]) == [Plain("GET", "/i/_doc/1", [("Host", "proxy")], None)]
     assert not mirror.mid_message
@@ -57,13 +62,13 @@ def test_mirror_follows_a_request_that_arrives_in_pieces() -> None:
 
 def test_mirror_leaves_large_bodies_to_aiohttp_and_stays_in_step() -> None:
     big = b"x" * (MAX_LANE_BODY + 1)
-    mirror = RequestMirror(LIMITS)
+    mirror = RequestMirror(LIMITS, _is_search)
     request = b"POST /_bulk HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big)
     assert mirror.feed(request + big + GET) == [None, Plain("GET", "/i/_doc/1", [("Host", "proxy")], None)]
 
 
 def test_mirror_gives_up_on_a_stream_it_cannot_parse() -> None:
-    mirror = RequestMirror(LIMITS)
+    mirror = RequestMirror(LIMITS, _is_search)
     assert mirror.feed(b"NOT HTTP\r\n\r\n") == []
     assert mirror.broken
     assert mirror.feed(GET) == []

@@ -64,11 +64,15 @@ class HeadLimits:
 
 
 class RequestMirror:
-    """Follows the client's byte stream request by request, so the lane knows where each one ends."""
+    """Follows the client's byte stream request by request, so the lane knows where each one ends.
 
-    def __init__(self, limits: HeadLimits) -> None:
+    `is_search(method, path)` picks out the requests the pipeline must see; they are never `Plain`.
+    """
+
+    def __init__(self, limits: HeadLimits, is_search: Callable[[str, str], bool]) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._limits = limits
+        self._is_search = is_search
         self.broken = False  # the stream could not be followed: the lane stays shut for this connection
         self.mid_message = False
         self._url = b""
@@ -128,6 +132,10 @@ class RequestMirror:
             or not url.isascii()
         ):
             return None
+        method = parser.get_method().decode("ascii")
+        target = url.decode("ascii")
+        if self._is_search(method, target.partition("?")[0]):
+            return None  # checked before the headers: a search's are not worth decoding here
         headers: list[tuple[str, str]] = []
         for name, value in self._headers:
             if len(name) + len(value) > limits.max_field_size or not (name.isascii() and value.isascii()):
@@ -137,7 +145,7 @@ class RequestMirror:
                 return None
             headers.append((text, value.decode("ascii")))
         body = b"".join(self._body) if self._body_size else None
-        return Plain(parser.get_method().decode("ascii"), url.decode("ascii"), headers, body)
+        return Plain(method, target, headers, body)
 
 
 class FastLane:
@@ -158,9 +166,9 @@ class FastLane:
         self._client_write_timeout_s = client_write_timeout_s
         self.forwarded = 0  # requests the lane answered: tests and the bench check that it engages
 
-    def takes(self, request: Plain | None) -> bool:
-        """Whether the lane answers this request (a search never: the pipeline must see it)."""
-        return request is not None and not self._is_search(request.method, request.target.partition("?")[0])
+    def mirror(self) -> RequestMirror:
+        """A mirror for one connection, handing this lane plain requests that are not searches."""
+        return RequestMirror(self.limits, self._is_search)
 
     async def forward(self, request: Plain, writer: ClientWriter) -> None:
         """Send the request to Elasticsearch and its answer to the client; errors in Elasticsearch's shape."""

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
-from .fast_lane import ClientWriter, FastLane, Plain, RequestMirror
+from .fast_lane import ClientWriter, FastLane, Plain
 from .tls import ListenerTls
 from .upstream import error_body
 
@@ -75,7 +75,7 @@ class GuardedRequestHandler(web.RequestHandler):
         self._head_tail = b""
         supported = all(hasattr(self, name) for name in _AIOHTTP_STATE)
         self._lane = fast_lane if supported else None
-        self._mirror = RequestMirror(fast_lane.limits) if self._lane is not None and fast_lane else None
+        self._mirror = self._lane.mirror() if self._lane is not None else None
         self._lane_task: asyncio.Task[None] | None = None
         self._held: list[bytes] = []  # bytes that arrived while the lane answered, in order
 
@@ -104,7 +104,7 @@ class GuardedRequestHandler(web.RequestHandler):
             self._mirror = None
         elif idle and len(completed) == 1 and not self._mirror.mid_message:
             request = completed[0]
-            if request is not None and self._lane.takes(request):
+            if request is not None:
                 self._start_lane(request)
                 return
         super().data_received(data)
