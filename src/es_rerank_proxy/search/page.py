@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Config
 from .plan import NeededFields, SearchPlan
@@ -18,30 +20,65 @@ class HitData:
     citations: object
 
 
+class FeatureColumns(NamedTuple):
+    """What the blend reads of a window, one list per feature, in the window's order."""
+
+    es_scores: list[float | None]
+    dates: list[object]
+    citations: list[object]
+
+
 def hit_data(hit: Mapping[str, object], needed: NeededFields) -> HitData:
     """The needed values of one hit, from `_source` (dotted paths) or else from `fields`."""
-    source = hit.get("_source")
-    fields = hit.get("fields")
-
-    def value(name: str) -> object:
-        if not isinstance(source, Mapping):
-            found = None
-        elif "." in name:
-            found = _source_value(source, name.split("."))
-        else:  # the common case, a top-level field: no path to walk
-            found = source.get(name)
-        if found is None and isinstance(fields, Mapping):
-            found = fields.get(name)
-        return found
-
     texts: list[tuple[str, str]] = []
     for name in needed.text_fields:
-        text = _text(value(name)) if name else ""
+        text = _text(field_value(hit, name)) if name else ""
         if text:
             texts.append((name, text))
-    date = value(needed.date_field) if needed.date_field else None
-    citations = value(needed.citations_field) if needed.citations_field else None
+    date = field_value(hit, needed.date_field) if needed.date_field else None
+    citations = field_value(hit, needed.citations_field) if needed.citations_field else None
     return HitData(texts=tuple(texts), date=date, citations=citations)
+
+
+def feature_columns(hits: Sequence[Mapping[str, object]], needed: NeededFields) -> FeatureColumns:
+    """Each hit's `_score` (None unless a number), date and citation values; texts are not read."""
+    es_scores: list[float | None] = []
+    for hit in hits:
+        score = hit.get("_score")
+        if type(score) is not float:
+            score = float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
+        es_scores.append(score)
+    return FeatureColumns(es_scores, _column(hits, needed.date_field), _column(hits, needed.citations_field))
+
+
+def _column(hits: Sequence[Mapping[str, object]], name: str) -> list[object]:
+    if not name:
+        return [None] * len(hits)
+    if "." in name:
+        return [field_value(hit, name) for hit in hits]
+    column: list[object] = []
+    for hit in hits:
+        # Inlined for the common case, a top-level field in a `_source` dict: a window has a hundred hits.
+        source = hit.get("_source")
+        found = source.get(name) if type(source) is dict else None
+        column.append(field_value(hit, name) if found is None else found)
+    return column
+
+
+def field_value(hit: Mapping[str, object], name: str) -> object:
+    """One field of a hit, from `_source` (dotted paths) or else from `fields`; None when absent."""
+    source = hit.get("_source")
+    if type(source) is dict and "." not in name:  # the common case: a top-level field, no path to walk
+        found = source.get(name)
+    elif isinstance(source, Mapping):
+        found = _source_value(source, name.split(".")) if "." in name else source.get(name)
+    else:
+        found = None
+    if found is None:
+        fields = hit.get("fields")
+        if isinstance(fields, Mapping):
+            found = fields.get(name)
+    return found
 
 
 def _source_value(node: object, parts: Sequence[str]) -> object:
@@ -93,6 +130,7 @@ def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -
     return document_text(data, config.rerank.max_doc_chars, labelled=config.reranker.labels_documents)
 
 
+@functools.lru_cache(maxsize=256)  # field names come from the config: a handful
 def _label(name: str) -> str:
     label = name.replace("_", " ").replace(".", " ").strip()
     return label[:1].upper() + label[1:]
