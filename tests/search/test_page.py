@@ -315,3 +315,38 @@ def test_feature_columns_agree_with_hit_data(hits: list[dict[str, object]], need
     columns = feature_columns(hits, needed)
     assert columns.dates == [hit_data(hit, needed).date for hit in hits]
     assert columns.citations == [hit_data(hit, needed).citations for hit in hits]
+
+
+# --- the model's text, cut before the end of a long field ---------------------------------------------
+
+_spaced_text = st.text(alphabet=st.sampled_from("ab 机\n\t\u3000"), max_size=60)
+_text_values = st.one_of(_spaced_text, st.lists(st.one_of(_spaced_text, st.lists(_spaced_text, max_size=3))))
+
+
+@given(
+    st.fixed_dictionaries({"title": _text_values, "abstract": _text_values}),
+    st.integers(min_value=1, max_value=40),
+    st.booleans(),
+)
+def test_text_read_up_to_the_cut_gives_the_same_document_text(
+    source: dict[str, object], max_chars: int, labelled: bool
+) -> None:
+    hit = {"_source": source}
+    full = document_text(hit_data(hit, NEEDED), max_chars, labelled=labelled)
+    cut = document_text(hit_data(hit, NEEDED, text_chars=max_chars), max_chars, labelled=labelled)
+    assert cut == full
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_start"),
+    [
+        ("word  " * 100_000, "word word word"),
+        (["first", "second  " * 100_000, "third"], "first second second"),
+        (" \n " * 1000 + "late words", "late words"),
+    ],
+)
+def test_long_text_is_normalised_only_up_to_the_cut(value: object, expected_start: str) -> None:
+    needed = NeededFields(text_fields=("abstract",), date_field="", citations_field="")
+    ((_, text),) = hit_data({"_source": {"abstract": value}}, needed, text_chars=12).texts
+    assert text.startswith(expected_start)
+    assert len(text) < 40  # not the whole field: a window's work does not grow with document length

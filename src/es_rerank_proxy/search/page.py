@@ -28,11 +28,14 @@ class FeatureColumns(NamedTuple):
     citations: list[object]
 
 
-def hit_data(hit: Mapping[str, object], needed: NeededFields) -> HitData:
-    """The needed values of one hit, from `_source` (dotted paths) or else from `fields`."""
+def hit_data(hit: Mapping[str, object], needed: NeededFields, *, text_chars: int = 0) -> HitData:
+    """The needed values of one hit, from `_source` (dotted paths) or else from `fields`.
+
+    With `text_chars` > 0 each text is exact for that many characters only (it may stop a little past
+    them): enough for `document_text` cut to as many, without normalising a long text to its end."""
     texts: list[tuple[str, str]] = []
     for name in needed.text_fields:
-        text = _text(field_value(hit, name)) if name else ""
+        text = _text(field_value(hit, name), text_chars) if name else ""
         if text:
             texts.append((name, text))
     date = field_value(hit, needed.date_field) if needed.date_field else None
@@ -103,11 +106,28 @@ def _source_value(node: object, parts: Sequence[str]) -> object:
     return None
 
 
-def _text(value: object) -> str:
+def _text(value: object, chars: int = 0) -> str:
+    # Whitespace runs become one space. With `chars` > 0 the result is a prefix of the full one, at least
+    # `chars` long or else whole: the normalised head of a string is always a prefix of the whole's.
     if isinstance(value, str):
+        cut = chars + chars // 8 + 8 if chars > 0 else 0  # a little over: a clean text needs one pass
+        while 0 < cut < len(value):
+            head = " ".join(value[:cut].split())
+            if len(head) >= chars:
+                return head
+            cut *= 2  # whitespace runs shrank the head below `chars`: take more of the string
         return " ".join(value.split())
     if isinstance(value, list):
-        return " ".join(text for text in (_text(item) for item in value) if text)
+        texts: list[str] = []
+        size = 0
+        for item in value:
+            text = _text(item, chars)
+            if text:
+                texts.append(text)
+                size += len(text) + 1
+                if 0 < chars < size:
+                    break  # what follows lies past `chars`
+        return " ".join(texts)
     return ""
 
 
@@ -126,8 +146,9 @@ def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> st
 
 def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
     """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
-    data = hit_data(hit, texts)
-    return document_text(data, config.rerank.max_doc_chars, labelled=config.reranker.labels_documents)
+    max_chars = config.rerank.max_doc_chars
+    data = hit_data(hit, texts, text_chars=max_chars)
+    return document_text(data, max_chars, labelled=config.reranker.labels_documents)
 
 
 @functools.lru_cache(maxsize=256)  # field names come from the config: a handful
