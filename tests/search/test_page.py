@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from es_rerank_proxy.search.page import HitData, build_page, document_text, feature_columns, hit_data
+from es_rerank_proxy.config import config_from_dict
+from es_rerank_proxy.search.page import (
+    HitData,
+    build_page,
+    document_text,
+    feature_columns,
+    hit_data,
+    model_text,
+)
 from es_rerank_proxy.search.plan import NeededFields, SearchPlan
 
 NEEDED = NeededFields(text_fields=("title", "abstract"), date_field="published", citations_field="citations")
@@ -335,6 +343,13 @@ def test_text_read_up_to_the_cut_gives_the_same_document_text(
     full = document_text(hit_data(hit, NEEDED), max_chars, labelled=labelled)
     cut = document_text(hit_data(hit, NEEDED, text_chars=max_chars), max_chars, labelled=labelled)
     assert cut == full
+    config = config_from_dict(
+        {
+            "reranker": {"document_format": "labelled" if labelled else "plain"},
+            "rerank": {"text_fields": list(NEEDED.text_fields), "max_doc_chars": max_chars},
+        }
+    )
+    assert model_text(hit, NEEDED, config) == full
 
 
 @pytest.mark.parametrize(

@@ -33,14 +33,20 @@ def hit_data(hit: Mapping[str, object], needed: NeededFields, *, text_chars: int
 
     With `text_chars` > 0 each text is exact for that many characters only (it may stop a little past
     them): enough for `document_text` cut to as many, without normalising a long text to its end."""
-    texts: list[tuple[str, str]] = []
-    for name in needed.text_fields:
-        text = _text(field_value(hit, name), text_chars) if name else ""
-        if text:
-            texts.append((name, text))
+    texts = tuple(_texts(hit, needed.text_fields, text_chars))
     date = field_value(hit, needed.date_field) if needed.date_field else None
     citations = field_value(hit, needed.citations_field) if needed.citations_field else None
-    return HitData(texts=tuple(texts), date=date, citations=citations)
+    return HitData(texts=texts, date=date, citations=citations)
+
+
+def _texts(hit: Mapping[str, object], names: Sequence[str], chars: int) -> list[tuple[str, str]]:
+    """(field, text) for each field with text, whitespace normalised (see `_text` for `chars`)."""
+    texts: list[tuple[str, str]] = []
+    for name in names:
+        text = _text(field_value(hit, name), chars) if name else ""
+        if text:
+            texts.append((name, text))
+    return texts
 
 
 def feature_columns(hits: Sequence[Mapping[str, object]], needed: NeededFields) -> FeatureColumns:
@@ -134,21 +140,26 @@ def _text(value: object, chars: int = 0) -> str:
 def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> str:
     """`Title: ...\\nAbstract: ...` (or the values alone, space-joined), cut to `max_chars` code points
     (never leaving a lone surrogate)."""
-    if labelled:
-        joined = "\n".join(f"{_label(name)}: {text}" for name, text in data.texts)
-    else:
-        joined = " ".join(text for _, text in data.texts)
-    text = joined[: max(0, max_chars)]
-    if text and "\ud800" <= text[-1] <= "\udbff":
-        text = text[:-1]
-    return text
+    return _joined(data.texts, max_chars, labelled)
 
 
 def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
     """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
     max_chars = config.rerank.max_doc_chars
-    data = hit_data(hit, texts, text_chars=max_chars)
-    return document_text(data, max_chars, labelled=config.reranker.labels_documents)
+    # document_text(hit_data(...)) without the HitData: this runs for every candidate of every search.
+    pairs = _texts(hit, texts.text_fields, max_chars)
+    return _joined(pairs, max_chars, config.reranker.labels_documents)
+
+
+def _joined(texts: Sequence[tuple[str, str]], max_chars: int, labelled: bool) -> str:
+    if labelled:
+        joined = "\n".join([f"{_label(name)}: {text}" for name, text in texts])
+    else:
+        joined = " ".join([text for _, text in texts])
+    text = joined[: max(0, max_chars)]
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text = text[:-1]
+    return text
 
 
 @functools.lru_cache(maxsize=256)  # field names come from the config: a handful
