@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from es_rerank_proxy.search.page import HitData, build_page, document_text, hit_data
+from es_rerank_proxy.config import config_from_dict
+from es_rerank_proxy.search.page import (
+    HitData,
+    build_page,
+    document_text,
+    feature_columns,
+    hit_data,
+    model_text,
+)
 from es_rerank_proxy.search.plan import NeededFields, SearchPlan
 
 NEEDED = NeededFields(text_fields=("title", "abstract"), date_field="published", citations_field="citations")
@@ -251,3 +259,109 @@ def test_build_page_returns_exactly_the_slice_of_the_new_order(case: tuple[int, 
     }
     hits = page["hits"]
     assert isinstance(hits, dict) and hits["total"] == {"value": 1234, "relation": "eq"}
+
+
+# --- feature_columns: what the blend reads of the whole window ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [(12.5, 12.5), (3, 3.0), (0, 0.0), (None, None), (True, None), ("7.5", None), ([1.0], None)],
+)
+def test_feature_columns_take_only_numeric_scores(score: object, expected: float | None) -> None:
+    columns = feature_columns([{"_score": score, "_source": {}}, {"_source": {}}], NEEDED)
+    assert columns.es_scores == [expected, None]
+
+
+@pytest.mark.parametrize(
+    ("needed", "expected_dates", "expected_citations"),
+    [
+        (NEEDED, ["2020-01-01", ["2021"], "2019", None], [12, None, [3], None]),
+        (NeededFields((), "", ""), [None] * 4, [None] * 4),
+        (
+            NeededFields((), "meta.published", "meta.cited"),
+            [None, None, "1999-09-09", None],
+            [None] * 3 + [7],
+        ),
+    ],
+)
+def test_feature_columns_read_source_then_fields_for_every_hit(
+    needed: NeededFields, expected_dates: list[object], expected_citations: list[object]
+) -> None:
+    hits: list[dict[str, object]] = [
+        {"_source": {"published": "2020-01-01", "citations": 12}},
+        {"_source": {"title": "x"}, "fields": {"published": ["2021"]}},
+        {"_source": {"published": "2019", "meta": {"published": "1999-09-09"}}, "fields": {"citations": [3]}},
+        {"_source": {"meta.cited": 7}},
+    ]
+    columns = feature_columns(hits, needed)
+    assert columns.dates == expected_dates
+    assert columns.citations == expected_citations
+
+
+_values = st.one_of(st.none(), st.integers(), st.text(max_size=4), st.lists(st.integers(), max_size=2))
+_hits = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "_score": st.one_of(st.none(), st.floats(), st.integers(), st.booleans()),
+            "_source": st.one_of(
+                st.none(),
+                st.dictionaries(st.sampled_from(["published", "citations", "meta", "meta.cited"]), _values),
+                st.just({"meta": {"published": "2001", "cited": 4}}),
+            ),
+            "fields": st.dictionaries(st.sampled_from(["published", "citations", "meta.cited"]), _values),
+        },
+    ),
+    max_size=8,
+)
+
+
+@given(_hits, st.sampled_from([NEEDED, NeededFields((), "meta.published", "meta.cited")]))
+def test_feature_columns_agree_with_hit_data(hits: list[dict[str, object]], needed: NeededFields) -> None:
+    # The window's columns take a shortcut for top-level fields; each value must be hit_data's own.
+    columns = feature_columns(hits, needed)
+    assert columns.dates == [hit_data(hit, needed).date for hit in hits]
+    assert columns.citations == [hit_data(hit, needed).citations for hit in hits]
+
+
+# --- the model's text, cut before the end of a long field ---------------------------------------------
+
+_spaced_text = st.text(alphabet=st.sampled_from("ab 机\n\t\u3000"), max_size=60)
+_text_values = st.one_of(_spaced_text, st.lists(st.one_of(_spaced_text, st.lists(_spaced_text, max_size=3))))
+
+
+@given(
+    st.fixed_dictionaries({"title": _text_values, "abstract": _text_values}),
+    st.integers(min_value=1, max_value=40),
+    st.booleans(),
+)
+def test_text_read_up_to_the_cut_gives_the_same_document_text(
+    source: dict[str, object], max_chars: int, labelled: bool
+) -> None:
+    hit = {"_source": source}
+    full = document_text(hit_data(hit, NEEDED), max_chars, labelled=labelled)
+    cut = document_text(hit_data(hit, NEEDED, text_chars=max_chars), max_chars, labelled=labelled)
+    assert cut == full
+    config = config_from_dict(
+        {
+            "reranker": {"document_format": "labelled" if labelled else "plain"},
+            "rerank": {"text_fields": list(NEEDED.text_fields), "max_doc_chars": max_chars},
+        }
+    )
+    assert model_text(hit, NEEDED, config) == full
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_start"),
+    [
+        ("word  " * 100_000, "word word word"),
+        (["first", "second  " * 100_000, "third"], "first second second"),
+        (" \n " * 1000 + "late words", "late words"),
+    ],
+)
+def test_long_text_is_normalised_only_up_to_the_cut(value: object, expected_start: str) -> None:
+    needed = NeededFields(text_fields=("abstract",), date_field="", citations_field="")
+    ((_, text),) = hit_data({"_source": {"abstract": value}}, needed, text_chars=12).texts
+    assert text.startswith(expected_start)
+    assert len(text) < 40  # not the whole field: a window's work does not grow with document length

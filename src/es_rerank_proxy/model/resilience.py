@@ -180,7 +180,9 @@ class SingleFlight(Generic[K, V]):
     async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
         """Await the shared result for `key`, starting `factory()` if no call for `key` is under way."""
         task = self._tasks.get(key)
-        if task is None:
+        # A task that has ended but whose done callback has not run yet is no flight to join: its failure
+        # would be handed to a caller that arrived after it.
+        if task is None or task.done():
             task = asyncio.ensure_future(_await(factory))
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._finished, key))

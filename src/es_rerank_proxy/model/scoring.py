@@ -220,10 +220,11 @@ class Scorer:
         flight = _Flight()
         flight_key: _FlightKey = (self._model_key, query, frozenset(missing))
         try:
-            fresh = await asyncio.wait_for(
-                self._flights.run(flight_key, lambda: self._fetch(query, missing, deadline, flight)),
-                timeout=deadline.remaining(),
-            )
+            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more task per search.
+            async with asyncio.timeout(deadline.remaining()):
+                fresh = await self._flights.run(
+                    flight_key, lambda: self._fetch(query, missing, deadline, flight)
+                )
         except asyncio.TimeoutError:
             return outcome("timeout", flight.calls)
         except RerankerError as exc:
@@ -346,9 +347,8 @@ class Scorer:
             try:
                 # The client gets the budget as its timeout; the hard cap adds the cache-fill grace, so
                 # even a client that hangs forever is cut off.
-                values = await asyncio.wait_for(
-                    self._client.score(url, query, texts, timeout_s), timeout=timeout_s + self._grace_s
-                )
+                async with asyncio.timeout(timeout_s + self._grace_s):
+                    values = await self._client.score(url, query, texts, timeout_s)
             except asyncio.TimeoutError:
                 raise RerankerTimeout(f"{redact_url(url)}: no answer within {timeout_s:.3f}s") from None
             if len(values) != len(texts) or not all(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Config
 from .plan import NeededFields, SearchPlan
@@ -18,30 +20,74 @@ class HitData:
     citations: object
 
 
-def hit_data(hit: Mapping[str, object], needed: NeededFields) -> HitData:
-    """The needed values of one hit, from `_source` (dotted paths) or else from `fields`."""
-    source = hit.get("_source")
-    fields = hit.get("fields")
+class FeatureColumns(NamedTuple):
+    """What the blend reads of a window, one list per feature, in the window's order."""
 
-    def value(name: str) -> object:
-        if not isinstance(source, Mapping):
-            found = None
-        elif "." in name:
-            found = _source_value(source, name.split("."))
-        else:  # the common case, a top-level field: no path to walk
-            found = source.get(name)
-        if found is None and isinstance(fields, Mapping):
-            found = fields.get(name)
-        return found
+    es_scores: list[float | None]
+    dates: list[object]
+    citations: list[object]
 
+
+def hit_data(hit: Mapping[str, object], needed: NeededFields, *, text_chars: int = 0) -> HitData:
+    """The needed values of one hit, from `_source` (dotted paths) or else from `fields`.
+
+    With `text_chars` > 0 each text is exact for that many characters only (it may stop a little past
+    them): enough for `document_text` cut to as many, without normalising a long text to its end."""
+    texts = tuple(_texts(hit, needed.text_fields, text_chars))
+    date = field_value(hit, needed.date_field) if needed.date_field else None
+    citations = field_value(hit, needed.citations_field) if needed.citations_field else None
+    return HitData(texts=texts, date=date, citations=citations)
+
+
+def _texts(hit: Mapping[str, object], names: Sequence[str], chars: int) -> list[tuple[str, str]]:
+    """(field, text) for each field with text, whitespace normalised (see `_text` for `chars`)."""
     texts: list[tuple[str, str]] = []
-    for name in needed.text_fields:
-        text = _text(value(name)) if name else ""
+    for name in names:
+        text = _text(field_value(hit, name), chars) if name else ""
         if text:
             texts.append((name, text))
-    date = value(needed.date_field) if needed.date_field else None
-    citations = value(needed.citations_field) if needed.citations_field else None
-    return HitData(texts=tuple(texts), date=date, citations=citations)
+    return texts
+
+
+def feature_columns(hits: Sequence[Mapping[str, object]], needed: NeededFields) -> FeatureColumns:
+    """Each hit's `_score` (None unless a number), date and citation values; texts are not read."""
+    es_scores: list[float | None] = []
+    for hit in hits:
+        score = hit.get("_score")
+        if type(score) is not float:
+            score = float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
+        es_scores.append(score)
+    return FeatureColumns(es_scores, _column(hits, needed.date_field), _column(hits, needed.citations_field))
+
+
+def _column(hits: Sequence[Mapping[str, object]], name: str) -> list[object]:
+    if not name:
+        return [None] * len(hits)
+    if "." in name:
+        return [field_value(hit, name) for hit in hits]
+    column: list[object] = []
+    for hit in hits:
+        # Inlined for the common case, a top-level field in a `_source` dict: a window has a hundred hits.
+        source = hit.get("_source")
+        found = source.get(name) if type(source) is dict else None
+        column.append(field_value(hit, name) if found is None else found)
+    return column
+
+
+def field_value(hit: Mapping[str, object], name: str) -> object:
+    """One field of a hit, from `_source` (dotted paths) or else from `fields`; None when absent."""
+    source = hit.get("_source")
+    if type(source) is dict and "." not in name:  # the common case: a top-level field, no path to walk
+        found = source.get(name)
+    elif isinstance(source, Mapping):
+        found = _source_value(source, name.split(".")) if "." in name else source.get(name)
+    else:
+        found = None
+    if found is None:
+        fields = hit.get("fields")
+        if isinstance(fields, Mapping):
+            found = fields.get(name)
+    return found
 
 
 def _source_value(node: object, parts: Sequence[str]) -> object:
@@ -66,33 +112,57 @@ def _source_value(node: object, parts: Sequence[str]) -> object:
     return None
 
 
-def _text(value: object) -> str:
+def _text(value: object, chars: int = 0) -> str:
+    # Whitespace runs become one space. With `chars` > 0 the result is a prefix of the full one, at least
+    # `chars` long or else whole: the normalised head of a string is always a prefix of the whole's.
     if isinstance(value, str):
+        cut = chars + chars // 8 + 8 if chars > 0 else 0  # a little over: a clean text needs one pass
+        while 0 < cut < len(value):
+            head = " ".join(value[:cut].split())
+            if len(head) >= chars:
+                return head
+            cut *= 2  # whitespace runs shrank the head below `chars`: take more of the string
         return " ".join(value.split())
     if isinstance(value, list):
-        return " ".join(text for text in (_text(item) for item in value) if text)
+        texts: list[str] = []
+        size = 0
+        for item in value:
+            text = _text(item, chars)
+            if text:
+                texts.append(text)
+                size += len(text) + 1
+                if 0 < chars < size:
+                    break  # what follows lies past `chars`
+        return " ".join(texts)
     return ""
 
 
 def document_text(data: HitData, max_chars: int, *, labelled: bool = True) -> str:
     """`Title: ...\\nAbstract: ...` (or the values alone, space-joined), cut to `max_chars` code points
     (never leaving a lone surrogate)."""
+    return _joined(data.texts, max_chars, labelled)
+
+
+def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
+    """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
+    max_chars = config.rerank.max_doc_chars
+    # document_text(hit_data(...)) without the HitData: this runs for every candidate of every search.
+    pairs = _texts(hit, texts.text_fields, max_chars)
+    return _joined(pairs, max_chars, config.reranker.labels_documents)
+
+
+def _joined(texts: Sequence[tuple[str, str]], max_chars: int, labelled: bool) -> str:
     if labelled:
-        joined = "\n".join(f"{_label(name)}: {text}" for name, text in data.texts)
+        joined = "\n".join([f"{_label(name)}: {text}" for name, text in texts])
     else:
-        joined = " ".join(text for _, text in data.texts)
+        joined = " ".join([text for _, text in texts])
     text = joined[: max(0, max_chars)]
     if text and "\ud800" <= text[-1] <= "\udbff":
         text = text[:-1]
     return text
 
 
-def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -> str:
-    """What the model reads of one hit; the pipeline and the warm-up share it, so warmed vectors are found."""
-    data = hit_data(hit, texts)
-    return document_text(data, config.rerank.max_doc_chars, labelled=config.reranker.labels_documents)
-
-
+@functools.lru_cache(maxsize=256)  # field names come from the config: a handful
 def _label(name: str) -> str:
     label = name.replace("_", " ").replace(".", " ").strip()
     return label[:1].upper() + label[1:]

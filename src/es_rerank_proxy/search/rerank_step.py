@@ -44,12 +44,8 @@ async def rerank_window(
     """
     config = settings.config
     hits = hits_list(es_response) or []
-    data = [page.hit_data(hit, settings.features) for hit in hits]
-    features = [
-        blend.HitFeatures(es_score=_score_of(hit), date=item.date, citations=item.citations)
-        for hit, item in zip(hits, data, strict=True)
-    ]
-    prior = blend.plan_prior(features, config.blend, config.rerank.top_n, now)
+    features = page.feature_columns(hits, settings.features)
+    prior = blend.prior_from_columns(*features, config.blend, config.rerank.top_n, now)
     scores: dict[int, float] | None = None
     outcome, reason = "applied", None
     if prior.candidates:
@@ -75,7 +71,7 @@ async def rerank_window(
     explanations = [c.as_explanation() for c in ranking.components] if explain else None
     if interleave_seed is not None:
         return _interleaved(
-            es_response, features, ranking, plan, explanations, outcome, reason, interleave_seed
+            es_response, features.es_scores, ranking, plan, explanations, outcome, reason, interleave_seed
         )
     answer = page.build_page(es_response, ranking.order, ranking.scores, plan, explanations)
     if outcome == "applied":
@@ -87,7 +83,7 @@ async def rerank_window(
 
 def _interleaved(
     es_response: dict[str, object],
-    features: list[blend.HitFeatures],
+    window_scores: Sequence[float | None],
     ranking: blend.Ranking,
     plan: SearchPlan,
     explanations: Sequence[Mapping[str, object]] | None,
@@ -97,8 +93,8 @@ def _interleaved(
 ) -> Reranked:
     """The page cut from the interleaved window; hits keep Elasticsearch's scores, as neither order's
     scores are monotone in the mixed list."""
-    es_order = list(range(len(features)))
-    es_scores = [item.es_score if item.es_score is not None else 0.0 for item in features]
+    es_order = list(range(len(window_scores)))
+    es_scores = [score if score is not None else 0.0 for score in window_scores]
     if outcome != "applied":
         answer = page.build_page(es_response, es_order, es_scores, plan, explanations)
         return Reranked(answer, outcome, reason)
@@ -114,8 +110,3 @@ def hits_list(response: object) -> list[dict[str, object]] | None:
     hits = response.get("hits") if isinstance(response, dict) else None
     inner = hits.get("hits") if isinstance(hits, dict) else None
     return inner if isinstance(inner, list) else None
-
-
-def _score_of(hit: dict[str, object]) -> float | None:
-    score = hit.get("_score")
-    return float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
