@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from .search.plan import classify_endpoint
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
+# CPython's default is (700, 10, 10); see settle_garbage_collector.
+_GC_THRESHOLDS = (2_000, 20, 20)
 
 
 def create_app(
@@ -110,6 +113,21 @@ def listeners_tls(config: Config) -> tuple[ListenerTls | None, ListenerTls | Non
     return listener_tls("server.tls", config.server.tls), listener_tls("admin.tls", config.admin.tls)
 
 
+def settle_garbage_collector() -> None:
+    """Move what start-up built out of the collector's sight, and collect young objects less often.
+
+    A reranked search parses a 100-hit window into thousands of short-lived containers. With CPython's
+    defaults a full collection came every ~200 searches and walked every object the process had (modules,
+    config, caches): 50 ms at the median in scripts/profile_search.py's process, the p99 of the rerank
+    path. Frozen, start-up's objects are never walked again (full collections: 5 ms); a first threshold of
+    2,000 rather than 700 lets most windows be freed by reference counting before a collection looks at
+    them (all collections together: 80 ms per 2,000 searches instead of 980, the longest pause 4 ms).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+
+
 async def serve(
     config: Config, *, config_path: str | None = None, ready: asyncio.Event | None = None
 ) -> None:
@@ -124,6 +142,7 @@ async def serve(
     await admin_listener.setup()
     runtime = public[RUNTIME]
     public_tls, admin_tls = listeners_tls(config)
+    settle_garbage_collector()
 
     def reload() -> None:
         runtime.reload()
