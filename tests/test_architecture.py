@@ -13,8 +13,8 @@ TOP_LEVEL = ("app", "cli", "runtime", "config", "schema", "errors", "__main__")
 
 # What each part of the request path may import from the rest of the package (beyond itself).
 ALLOWED = {
-    "edge": {"config", "errors"},
-    "model": {"config", "errors"},
+    "edge": {"config", "errors", "http1"},
+    "model": {"config", "errors", "http1"},
     "rollout": {"config", "errors"},
     "observe": {"rollout", "config", "errors"},
     "search": {"edge", "model", "rollout", "observe", "config", "errors"},

@@ -22,7 +22,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from ..errors import UpstreamError
+from .errors import UpstreamError
 
 # Buffered response bytes beyond which the connection stops reading until the consumer catches up.
 _HIGH_WATER = 1024 * 1024
@@ -419,3 +419,67 @@ def _check_fingerprint(connection: Connection, expected: bytes) -> None:
     if certificate is None or hashlib.sha256(certificate).digest() != expected:
         connection.close()
         raise UpstreamError("the node's certificate does not match elasticsearch.ssl_assert_fingerprint")
+
+
+class Client:
+    """Pools per origin for calls that want the whole answer within a total time (the model servers).
+
+    A model call is a pure function of its body, so a request that met a kept-alive connection the server
+    had just closed (uvicorn closes idle ones after 5 s) is sent once more on a new one, whatever its method.
+    """
+
+    def __init__(self, *, limit: int, connect_timeout_s: float = 5.0) -> None:
+        self._limit = limit
+        self._connect_timeout_s = connect_timeout_s
+        self._pools: dict[str, Pool] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    async def fetch(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout_s: float
+    ) -> tuple[int, bytes]:
+        """Status and body of one exchange; TimeoutError past `timeout_s`, UpstreamError or OSError when the
+        server cannot be reached or breaks off."""
+        target = URL(url)
+        pool = self._pool(target)
+        path = target.raw_path_qs
+        async with asyncio.timeout(timeout_s):
+            for fresh in (False, True):
+                connection = await pool.acquire(timeout_s, fresh=fresh)
+                response = Response(connection, None)
+                head = connection.start(response, head_only=method == "HEAD")
+                assert connection.transport is not None
+                length = len(body) if body is not None else None
+                connection.transport.write(
+                    request_head(method, path, pool.endpoint, headers, length) + (body or b"")
+                )
+                try:
+                    await head
+                    data = b"" if method == "HEAD" else await response.read()
+                    return response.status, data
+                except UpstreamError:
+                    if fresh or not connection.reused:
+                        raise
+                finally:
+                    if not response.complete:
+                        connection.close()
+                    pool.release(connection)
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def _pool(self, url: URL) -> Pool:
+        origin = f"{url.scheme}://{url.raw_authority}"
+        pool = self._pools.get(origin)
+        if pool is None:
+            if url.scheme == "https" and self._tls is None:
+                self._tls = ssl.create_default_context()
+            base = URL(origin)
+            endpoint = Endpoint.from_url(base, self._tls)
+            pool = self._pools[origin] = Pool(
+                endpoint, limit=self._limit, connect_timeout_s=self._connect_timeout_s
+            )
+        return pool

@@ -17,10 +17,11 @@ from pathlib import Path
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from . import http1
 from .config import Config, RerankerConfig, load_config
 from .edge.upstream import Elasticsearch, build_ssl, create_session
 from .errors import ConfigError
-from .model.reranker import RerankerClient
+from .model.reranker import ModelSession, RerankerClient
 from .model.scoring import ScoreClient, Scorer
 from .model.selftest import SelfTestResult, check_reranker
 from .model.shared_cache import SharedCache, connect
@@ -78,10 +79,8 @@ class Runtime:
             config.elasticsearch,
             client_write_timeout_s=config.server.client_write_timeout_s,
         )
-        self._model_session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=config.reranker.max_concurrency + 8, keepalive_timeout=60),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # Model calls ride the lean pools too: aiohttp's client was most of a model call's own CPU.
+        self._model_session = http1.Client(limit=config.reranker.max_concurrency + 8)
         self.shared_cache = self._build_shared_cache(config)
         self.client, self.scorer = self._build_scorer(config)
         self.shadow = ShadowRunner(
@@ -115,7 +114,7 @@ class Runtime:
         await _close_client(self.client)
         if self.shared_cache is not None:
             await self.shared_cache.aclose()
-        await self._model_session.close()
+        self._model_session.close()
         await self.es.aclose()
 
     def _start_ubi_recorder(self, config: Config) -> Callable[[dict[str, object]], None]:
@@ -254,7 +253,7 @@ class Runtime:
 
 
 def _model_client(
-    session: aiohttp.ClientSession,
+    session: ModelSession,
     cfg: RerankerConfig,
     instruction: str,
     shared: SharedCache | None,

@@ -1,4 +1,4 @@
-"""edge.http1: the pass-through's HTTP/1.1 client, against nodes that frame answers in every legal way."""
+"""http1: the HTTP/1.1 client to Elasticsearch, against nodes that frame answers in every legal way."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 from yarl import URL
 
 from es_rerank_proxy.config import ElasticsearchConfig
-from es_rerank_proxy.edge.http1 import Endpoint, request_head
 from es_rerank_proxy.edge.upstream import Elasticsearch, create_session
 from es_rerank_proxy.errors import UpstreamError
+from es_rerank_proxy.http1 import Client, Endpoint, request_head
 
+from ..fakes.fake_reranker import closed_url
 from ..fakes.raw_http import raw_http_server
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
@@ -215,3 +216,53 @@ async def test_every_pooled_connection_busy_times_out_instead_of_waiting_for_eve
             assert es.in_flight == 0
         finally:
             await es.aclose()
+
+
+# --- http1.Client: the model servers' calls -----------------------------------------------------------
+
+
+async def test_client_fetches_whole_answers_over_one_kept_connection() -> None:
+    async with raw_http_server(lambda request: (OK, False)) as server:
+        client = Client(limit=4)
+        try:
+            for _ in range(3):
+                assert await client.fetch("POST", server.url + "/v1/rerank", {}, b"{}", 5) == (200, OK[-11:])
+            assert server.connections == 1
+            assert server.requests[0].startswith(b"POST /v1/rerank HTTP/1.1\r\nHost: 127.0.0.1:")
+            assert b"Content-Length: 2\r\n\r\n{}" in server.requests[0]
+        finally:
+            client.close()
+
+
+async def test_client_sends_a_post_again_when_the_kept_connection_was_closed_under_it() -> None:
+    # uvicorn closes idle connections after 5 s; a rerank call is a pure function, safe to send again.
+    async with raw_http_server(lambda request: (OK, True)) as server:
+        client = Client(limit=4)
+        try:
+            assert (await client.fetch("POST", server.url + "/v1/rerank", {}, b"{}", 5))[0] == 200
+            await asyncio.sleep(0.05)
+            assert (await client.fetch("POST", server.url + "/v1/rerank", {}, b"{}", 5))[0] == 200
+            assert server.connections == 2
+        finally:
+            client.close()
+
+
+async def test_client_gives_up_at_its_total_time() -> None:
+    async with raw_http_server(lambda request: (b"", False)) as server:  # never answers
+        client = Client(limit=4)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await client.fetch("GET", server.url + "/health", {}, None, 0.2)
+            assert asyncio.get_running_loop().time() - started < 2
+        finally:
+            client.close()
+
+
+async def test_client_unreachable_server_is_an_os_error() -> None:
+    client = Client(limit=4)
+    try:
+        with pytest.raises(OSError):
+            await client.fetch("GET", closed_url() + "/health", {}, None, 2)
+    finally:
+        client.close()

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 
+from .. import http1
 from ..errors import UpstreamError
-from . import http1
 from .upstream import (
     Elasticsearch,
     forwardable_request_headers,

@@ -17,9 +17,9 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from .. import http1
 from ..config import ElasticsearchConfig, redact_url
 from ..errors import UpstreamError
-from . import http1
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus ones proxies conventionally drop; never forwarded either way.
 # Lower-case, as every check here compares `name.lower()`: cheaper per header than building an `istr`.

@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from ..config import RerankerConfig
@@ -27,6 +26,7 @@ from .passage_vectors import PassageKey, PassageVectors
 from .reranker import (
     ModelServerBadResponse,
     ModelServerUnavailable,
+    ModelSession,
     call_model_server,
     model_headers,
     raise_for_status,
@@ -91,7 +91,7 @@ class EmbeddingsClient:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: ModelSession,
         cfg: RerankerConfig,
         *,
         clock: Clock = time.monotonic,

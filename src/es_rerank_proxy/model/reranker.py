@@ -16,8 +16,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .. import http1
 from ..config import RerankerConfig
-from ..errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable
+from ..errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable, UpstreamError
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -270,7 +271,7 @@ def _kind(value: object) -> str:
 class RerankerClient:
     """One HTTP call per method on an injected session; failures become `Reranker*` exceptions."""
 
-    def __init__(self, session: aiohttp.ClientSession, cfg: RerankerConfig, instruction: str) -> None:
+    def __init__(self, session: ModelSession, cfg: RerankerConfig, instruction: str) -> None:
         if cfg.api not in ("vllm", "tei", "cohere"):
             raise ValueError(f"reranker.api {cfg.api!r} is not a rerank API this client speaks")
         self._session = session
@@ -336,8 +337,12 @@ def model_headers(cfg: RerankerConfig) -> dict[str, str]:
     return headers
 
 
+# What the clients send through: the runtime's lean pools, or an aiohttp session (tools, tests).
+ModelSession = aiohttp.ClientSession | http1.Client
+
+
 async def call_model_server(
-    session: aiohttp.ClientSession,
+    session: ModelSession,
     method: str,
     url: str,
     path: str,
@@ -352,6 +357,8 @@ async def call_model_server(
     target = url.rstrip("/") + path
     shown = _redact(target)
     try:
+        if isinstance(session, http1.Client):
+            return await session.fetch(method, target, headers, data, timeout_s)
         async with session.request(
             method,
             target,
@@ -364,6 +371,8 @@ async def call_model_server(
     # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
     except asyncio.TimeoutError as exc:
         raise RerankerTimeout(f"{method} {shown}: no answer within {timeout_s:g} s") from exc
+    except UpstreamError as exc:
+        raise ModelServerUnavailable(f"{method} {shown}: {exc.reason}") from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
 
