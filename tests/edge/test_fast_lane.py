@@ -21,6 +21,8 @@ LIMITS = HeadLimits(max_line_size=200, max_field_size=200, max_headers=4)
 
 def _is_search(method: str, path: str) -> bool:
     return path.endswith("/_search")
+
+
 GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
 
 
