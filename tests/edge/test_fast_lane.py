@@ -247,3 +247,26 @@ async def test_client_gone_mid_answer_leaves_nothing_in_flight() -> None:
             while es.in_flight:  # noqa: ASYNC110  (a gauge, not an event)
                 await asyncio.sleep(0.02)
         assert _lane_count(proxy) == 1
+
+
+@pytest.mark.parametrize(
+    "ambiguous",
+    [
+        b"POST /i/_doc HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /i/_doc HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0\r\n\r\n",
+        b"POST /i/_doc HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    ],
+)
+async def test_ambiguous_framing_never_smuggles_a_request_past_the_proxy(ambiguous: bytes) -> None:
+    async with recording_upstream() as upstream, running_proxy(make_config(upstream.url)) as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(ambiguous + b"GET /smuggled/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n")
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # the proxy answers and closes: a refused stream is not reused
+            assert answer.split(b" ", 2)[1] == b"400", answer[:80]
+        finally:
+            writer.close()
+        assert all("smuggled" not in seen.raw_path for seen in upstream.requests)
+        assert _lane_count(proxy) == 0
