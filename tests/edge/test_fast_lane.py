@@ -270,3 +270,44 @@ async def test_ambiguous_framing_never_smuggles_a_request_past_the_proxy(ambiguo
             writer.close()
         assert all("smuggled" not in seen.raw_path for seen in upstream.requests)
         assert _lane_count(proxy) == 0
+
+
+async def test_a_client_pipelining_a_large_body_behind_the_lane_is_held_back_not_buffered() -> None:
+    size = 64 * 1024 * 1024
+    async with recording_upstream() as upstream, running_proxy(make_config(upstream.url)) as proxy:
+        upstream.delay_s = 1.0  # the lane's answer takes a second: the bulk behind it must wait
+        host, port = proxy.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        accepted = 0
+
+        writer.write(GET)
+        async with asyncio.timeout(10):
+            while not upstream.requests:  # noqa: ASYNC110  (the lane has sent it on)
+                await asyncio.sleep(0.01)
+        assert _lane_count(proxy) == 1
+
+        async def send_bulk() -> None:
+            nonlocal accepted
+            writer.write(b"POST /big/_bulk HTTP/1.1\r\nHost: p\r\nContent-Length: %d\r\n\r\n" % size)
+            block = b"x" * (1024 * 1024)
+            for _ in range(size // len(block)):
+                writer.write(block)
+                await writer.drain()
+                accepted += len(block)
+
+        sender = asyncio.create_task(send_bulk())
+        try:
+            await asyncio.sleep(0.4)
+            # TCP buffers hold a few MB; without the bound the proxy would have read all 64 MB by now.
+            assert accepted < size // 2
+            async with asyncio.timeout(60):
+                await sender
+                for _ in range(2):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200"), head
+                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                    await reader.readexactly(length)
+        finally:
+            sender.cancel()
+            writer.close()
+        assert [seen.body_bytes for seen in upstream.requests if seen.raw_path == "/big/_bulk"] == [size]

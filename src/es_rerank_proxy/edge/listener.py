@@ -23,6 +23,8 @@ from .upstream import error_body
 log = logging.getLogger(__name__)
 
 _END_OF_HEADERS = b"\r\n\r\n"
+# Bytes a client may pipeline behind a request the fast lane is answering before the proxy stops reading.
+_HELD_MAX = 256 * 1024
 # aiohttp's RequestHandler state the fast lane reads to know the connection is idle, and sets to keep
 # its keep-alive timer right. Without any of them (another aiohttp) the lane stays shut: slower, not wrong.
 _AIOHTTP_STATE = (
@@ -78,6 +80,8 @@ class GuardedRequestHandler(web.RequestHandler):
         self._mirror = self._lane.mirror() if self._lane is not None else None
         self._lane_task: asyncio.Task[None] | None = None
         self._held: list[bytes] = []  # bytes that arrived while the lane answered, in order
+        self._held_bytes = 0
+        self._held_back = False  # reading paused: the client must wait, not fill the proxy's memory
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -94,6 +98,10 @@ class GuardedRequestHandler(web.RequestHandler):
                 self._head_tail = seen[-3:]
         if self._lane_task is not None:
             self._held.append(data)  # pipelined behind the lane's answer: its turn comes after
+            self._held_bytes += len(data)
+            if self._held_bytes > _HELD_MAX and not self._held_back and self.transport is not None:
+                self._held_back = True
+                self.transport.pause_reading()
             return
         if self._mirror is None or self._lane is None:
             super().data_received(data)
@@ -161,7 +169,10 @@ class GuardedRequestHandler(web.RequestHandler):
         finally:
             self._lane_task = None
             self._extend_keepalive()
-            held, self._held = self._held, []
+            held, self._held, self._held_bytes = self._held, [], 0
+            if self._held_back and self.transport is not None and not self.transport.is_closing():
+                self._held_back = False
+                self.transport.resume_reading()
             if self.transport is not None and not self.transport.is_closing():
                 for data in held:
                     self.data_received(data)
