@@ -268,3 +268,29 @@ def test_redis_password_comes_from_redis_password_and_is_masked() -> None:
     assert config.reranker.cache.redis_password == "s3cret"
     assert config_to_dict(config)["reranker"]["cache"]["redis_password"] == "***"
     assert load_config(environ={}).reranker.cache.redis_password == ""
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# everything commented out\n"])
+def test_an_empty_file_is_all_defaults_at_start_but_refused_on_reload(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert load_config(path, environ={}) == load_config(None, environ={})
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load_config(path, environ={}, reloading=True)
+
+
+async def test_a_running_proxy_keeps_its_config_when_the_file_is_truncated(tmp_path: Path) -> None:
+    from es_rerank_proxy.app import RUNTIME
+
+    from .fakes.proxy_server import make_config, running_proxy
+
+    config = make_config("http://127.0.0.1:9", canary={"default": "off"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(config, mask_secrets=False)))
+    async with running_proxy(config, config_path=str(path)) as proxy:
+        assert proxy.app is not None
+        runtime = proxy.app[RUNTIME]
+        path.write_text("")  # what a watcher may see between an editor's truncate and its write
+        assert runtime.reload() is False
+        assert runtime.config == config
+        assert runtime.last_reload_error is not None and "empty" in runtime.last_reload_error

@@ -255,8 +255,13 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    reloading: bool = False,
 ) -> Config:
-    """Read YAML at `path` (None: defaults only), apply `ES_RERANK_PROXY_*` variables, validate, freeze."""
+    """Read YAML at `path` (None: defaults only), apply `ES_RERANK_PROXY_*` variables, validate, freeze.
+
+    `reloading`: an empty file is refused rather than read as "all defaults". A running proxy sees an
+    empty file when it is truncated to be rewritten; all defaults would point it at 127.0.0.1.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -268,6 +273,10 @@ def load_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         if loaded is None:
+            if reloading:
+                raise ConfigError(
+                    f"{path}: the file is empty (being rewritten?); a reload needs the whole config"
+                )
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"(top level): expected a mapping, got {describe(loaded)}")

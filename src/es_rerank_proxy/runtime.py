@@ -195,7 +195,7 @@ class Runtime:
         if self.config_path is None:
             return False
         try:
-            config = load_config(self.config_path)
+            config = load_config(self.config_path, reloading=True)
         except ConfigError as exc:
             self.last_reload_error = str(exc)
             self.metrics.config_reloads.labels("rejected").inc()
