@@ -29,6 +29,21 @@ def index_group(indices: Sequence[str], patterns: Sequence[str]) -> str:
     return "other"
 
 
+def reason_label(reason: str | None) -> str:
+    """A search's reason as a label of bounded cardinality.
+
+    An `_msearch` logs one reason per search (`sort,-,size`); as a label, every combination a client can
+    compose would be a new series kept for the process's life. One shared reason stays itself; a mix is
+    `mixed` (the log line keeps the detail).
+    """
+    if not reason or "," not in reason:
+        return reason or ""
+    distinct = set(reason.split(",")) - {"-", ""}
+    if not distinct:
+        return ""
+    return distinct.pop() if len(distinct) == 1 else "mixed"
+
+
 class Metrics:
     """Every metric of the proxy, registered on `registry` (one per app, so tests and replicas stay apart)."""
 
@@ -189,7 +204,9 @@ class Metrics:
             self._observe_shadow(record)
             return
         group = index_group(record.indices, patterns)
-        self.searches.labels(group, record.mode, record.outcome, record.reason or "").inc(record.searches)
+        self.searches.labels(group, record.mode, record.outcome, reason_label(record.reason)).inc(
+            record.searches
+        )
         self.request_seconds.labels(record.kind).observe(record.total_s)
         if record.es_s:
             self.elasticsearch_seconds.observe(record.es_s)
@@ -209,9 +226,9 @@ class Metrics:
 
     def _observe_shadow(self, record: SearchRecord) -> None:
         if record.outcome == "dropped":
-            self.shadow_dropped.labels(record.reason or "").inc()
+            self.shadow_dropped.labels(reason_label(record.reason)).inc()
             return
-        self.shadow_runs.labels(record.outcome, record.reason or "").inc()
+        self.shadow_runs.labels(record.outcome, reason_label(record.reason)).inc()
         for order in record.orders:
             self.shadow_overlap.observe(top_k_overlap(order))
             self.shadow_kendall_tau.observe(kendall_tau(order))
