@@ -84,18 +84,20 @@ def _lane_count(proxy: RunningProxy) -> float:
     return proxy.app[RUNTIME].metrics.fast_lane._value.get()
 
 
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole answer framed by its Content-Length: head and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    return head + await reader.readexactly(length)
+
+
 async def _raw_exchange(url: str, data: bytes, answers: int) -> list[bytes]:
     """Send `data` in one write on one connection and read `answers` whole HTTP answers back."""
     host, port = url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(data)
-        out = []
-        for _ in range(answers):
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            out.append(head + await reader.readexactly(length))
-        return out
+        return [await _read_answer(reader) for _ in range(answers)]
     finally:
         writer.close()
 
@@ -211,9 +213,7 @@ async def test_the_lanes_requests_keep_a_connection_alive_and_idleness_still_clo
                 # A request every 0.1 s for three times the keep-alive timeout: the connection stays up.
                 for _ in range(10):
                     writer.write(GET)
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    await reader.readexactly(length)
+                    await _read_answer(reader)
                     await asyncio.sleep(0.1)
                 assert _lane_count(proxy) == 10
                 # Then idle: the proxy closes it, and the read ends, within a few seconds.
@@ -303,10 +303,8 @@ async def test_a_client_pipelining_a_large_body_behind_the_lane_is_held_back_not
             async with asyncio.timeout(60):
                 await sender
                 for _ in range(2):
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    assert head.startswith(b"HTTP/1.1 200"), head
-                    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                    await reader.readexactly(length)
+                    answer = await _read_answer(reader)
+                    assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
         finally:
             sender.cancel()
             writer.close()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -29,6 +29,7 @@ from .upstream import (
     HOP_BY_HOP,
     Elasticsearch,
     forwardable_request_headers,
+    headers_without,
     upstream_error_response_body,
     upstream_error_status,
 )
@@ -42,6 +43,8 @@ _BUFFERED_MAX = 256 * 1024
 # Request headers that make a request more than plain: aiohttp's path deals with each properly.
 _NOT_PLAIN = frozenset({"expect", "upgrade", "connection", "transfer-encoding", "te", "keep-alive"})
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Elasticsearch's framing is this hop's: the lane sets its own per answer.
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,7 @@ class FastLane:
         headers = forwardable_request_headers(CIMultiDict(request.headers))
         try:
             async with self._es().request(request.method, request.target, headers, request.body) as upstream:
-                head = _response_head(upstream.status, upstream.reason, upstream.headers.items())
+                head = _response_head(upstream.status, upstream.reason, upstream.headers)
                 if request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200:
                     writer.write(head.closed(upstream.content_length))
                     return
@@ -200,10 +203,7 @@ class FastLane:
                 writer.abort()
                 return
             log.warning("elasticsearch request failed: %s", exc.reason)
-            status = upstream_error_status(exc)
-            body = upstream_error_response_body(exc)
-            head = _response_head(status, "", [("Content-Type", "application/json; charset=UTF-8")])
-            writer.write(head.with_product().closed(len(body)) + body)
+            writer.write(error_answer(upstream_error_status(exc), upstream_error_response_body(exc)))
 
 
 class ClientWriter:
@@ -242,33 +242,34 @@ class ClientWriter:
         self._transport.abort()
 
 
+def error_answer(status: int, body: bytes) -> bytes:
+    """An answer the lane gives itself, in Elasticsearch's error shape."""
+    headers = CIMultiDict(
+        {"Content-Type": "application/json; charset=UTF-8", "X-Elastic-Product": "Elasticsearch"}
+    )
+    return _response_head(status, "", headers).closed(len(body)) + body
+
+
 @dataclass(frozen=True, slots=True)
 class _Head:
     lines: list[str]
 
     def closed(self, length: int | None) -> bytes:
-        extra = [] if length is None else [f"Content-Length: {length}"]
-        # Header values came in as UTF-8 with undecodable bytes kept as surrogates: they go out unchanged.
-        return "\r\n".join([*self.lines, *extra, "", ""]).encode("utf-8", "surrogateescape")
+        return self._encode([] if length is None else [f"Content-Length: {length}"])
 
     def chunked(self) -> bytes:
-        return "\r\n".join([*self.lines, "Transfer-Encoding: chunked", "", ""]).encode(
-            "utf-8", "surrogateescape"
-        )
+        return self._encode(["Transfer-Encoding: chunked"])
 
-    def with_product(self) -> _Head:
-        return _Head([*self.lines, "X-Elastic-Product: Elasticsearch"])
+    def _encode(self, framing: list[str]) -> bytes:
+        # Header values came in as UTF-8 with undecodable bytes kept as surrogates: they go out unchanged.
+        return "\r\n".join([*self.lines, *framing, "", ""]).encode("utf-8", "surrogateescape")
 
 
-def _response_head(status: int, reason: str, headers: Iterable[tuple[str, str]]) -> _Head:
+def _response_head(status: int, reason: str, headers: Mapping[str, str]) -> _Head:
     """Status line and Elasticsearch's headers minus hop-by-hop ones and its framing (set per answer)."""
-    pairs = list(headers)
-    drop = HOP_BY_HOP | {"content-length"}
-    connection = next((value for name, value in pairs if name.lower() == "connection"), "")
-    if connection:
-        drop = drop | {token.strip().lower() for token in connection.split(",")}
+    kept = headers_without(headers, _RESPONSE_DROP)
     lines = [f"HTTP/1.1 {status} {reason or _reason(status)}"]
-    lines += [f"{name}: {value}" for name, value in pairs if name.lower() not in drop]
+    lines += [f"{name}: {value}" for name, value in kept.items()]
     return _Head(lines)
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
-from .fast_lane import ClientWriter, FastLane, Plain
+from .fast_lane import ClientWriter, FastLane, Plain, error_answer
 from .tls import ListenerTls
 from .upstream import error_body
 
@@ -160,12 +160,8 @@ class GuardedRequestHandler(web.RequestHandler):
             if writer.started:
                 writer.abort()
             else:
-                code = 502
-                body = error_body(code, "proxy_exception", "the proxy could not forward the request")
-                writer.write(
-                    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
-                    b"X-Elastic-Product: Elasticsearch\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-                )
+                body = error_body(502, "proxy_exception", "the proxy could not forward the request")
+                writer.write(error_answer(502, body))
         finally:
             self._lane_task = None
             self._extend_keepalive()

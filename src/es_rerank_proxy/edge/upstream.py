@@ -48,7 +48,7 @@ _NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-def _without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+def headers_without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
     """`headers` minus the names in `drop` and those listed in `Connection` (hop-by-hop for this message)."""
     connection = headers.get("Connection")
     if connection:
@@ -58,7 +58,7 @@ def _without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[st
 
 def forwardable_request_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, `Host` and the proxy's own control headers."""
-    return _without(headers, _REQUEST_DROP)
+    return headers_without(headers, _REQUEST_DROP)
 
 
 def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None:
@@ -77,7 +77,7 @@ def undecodable_header(raw_headers: Sequence[tuple[bytes, bytes]]) -> str | None
 
 def forwardable_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """Elasticsearch's response headers minus hop-by-hop ones."""
-    return _without(headers, HOP_BY_HOP)
+    return headers_without(headers, HOP_BY_HOP)
 
 
 def error_body(status: int, error_type: str, reason: str) -> bytes:
@@ -214,7 +214,7 @@ class Elasticsearch:
                 try:
                     yield response
                 finally:
-                    _finish(pool, connection, response, body_task)
+                    _finish(pool, connection, body_task)
                 return
             assert last_error is not None
             raise last_error
@@ -240,14 +240,14 @@ class Elasticsearch:
                 await http1.wait_at_most(head, self._cfg.timeout_s)
                 return connection, response, body_task
             except TimeoutError as exc:
-                _finish(pool, connection, response, body_task)
+                _finish(pool, connection, body_task)
                 raise UpstreamError(
                     f"Elasticsearch at {_shown_endpoint(pool)} did not answer within "
                     f"{self._cfg.timeout_s:g} s",
                     timed_out=True,
                 ) from exc
             except UpstreamError as exc:
-                _finish(pool, connection, response, body_task)
+                _finish(pool, connection, body_task)
                 if (
                     connection.reused
                     and not fresh
@@ -259,7 +259,7 @@ class Elasticsearch:
                     continue
                 raise UpstreamError(f"Elasticsearch at {_shown_endpoint(pool)} failed: {exc}") from exc
             except BaseException:
-                _finish(pool, connection, response, body_task)
+                _finish(pool, connection, body_task)
                 raise
 
     async def _connection(self, pool: http1.Pool, *, fresh: bool) -> http1.Connection:
@@ -351,7 +351,7 @@ def _write_request(
         length = int(declared) if declared is not None and declared.isdigit() else None
         head = http1.request_head(method, raw_path_qs, endpoint, headers, length, chunked=length is None)
         connection.transport.write(head)
-        return asyncio.ensure_future(connection.write_body(body.iter_any(), chunked=length is None))
+        return connection.send_body(body.iter_any(), chunked=length is None)
     if body is None:
         length = 0 if "Content-Length" in headers else None
     elif body or "Content-Length" in headers or method in _BODY_METHODS:
@@ -364,20 +364,13 @@ def _write_request(
     return None
 
 
-def _finish(
-    pool: http1.Pool,
-    connection: http1.Connection,
-    response: http1.Response,
-    body_task: asyncio.Task[None] | None,
-) -> None:
-    """Return the connection to its pool: reusable only when request and answer both went out whole."""
-    if body_task is not None and not body_task.done():
-        body_task.cancel()
-        connection.close()
-    elif body_task is not None and body_task.exception() is not None:
-        connection.close()
-    if not response.complete:
-        connection.close()
+def _finish(pool: http1.Pool, connection: http1.Connection, body_task: asyncio.Task[None] | None) -> None:
+    """Return the connection to its pool, which keeps it only if request and answer both went out whole."""
+    if body_task is not None:
+        if not body_task.done():
+            body_task.cancel()
+        elif not body_task.cancelled():
+            body_task.exception()  # retrieved: a failed upload is the answer's business, not a log line
     pool.release(connection)
 
 

@@ -1,18 +1,10 @@
-"""A lean HTTP/1.1 client for Elasticsearch: pooled keep-alive connections, responses parsed by llhttp.
-
-aiohttp's client spends most of a pass-through's CPU on objects the proxy never needs (cookies, redirects,
-traces, URL building per request); profiled with py-spy it was two thirds of a forwarded `_doc` GET. Here
-a request is one `write` of prebuilt bytes and a response is parsed in C (httptools) into status, headers
-and body chunks. The body is handed on as it arrives, with flow control both ways, so a 1 GB `_bulk` or
-scroll costs constant memory.
-"""
+"""One keep-alive HTTP/1.1 connection: the request head as sent, the answer parsed by llhttp as it arrives."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import collections
-import hashlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -22,9 +14,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .errors import UpstreamError
+from ..errors import UpstreamError
 
-# Buffered response bytes beyond which the connection stops reading until the consumer catches up.
 _HIGH_WATER = 1024 * 1024
 _LOW_WATER = 256 * 1024
 # RFC 9110 §9.2.2: a request that failed on a reused connection before any answer may be sent again.
@@ -130,11 +121,6 @@ class Response:
 
     # --- read by the caller --------------------------------------------------------------------------
 
-    @property
-    def complete(self) -> bool:
-        """Whether the whole body has arrived without error."""
-        return self._done and self._error is None
-
     async def _wait(self) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -190,6 +176,7 @@ class Connection(asyncio.Protocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self.keep_alive = False
+        self._sending_body = False  # a streamed request body not yet sent whole: the framing is unfinished
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -282,7 +269,13 @@ class Connection(asyncio.Protocol):
         self._head = asyncio.get_running_loop().create_future()
         return self._head
 
-    async def write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+    def send_body(self, body: AsyncIterator[bytes], chunked: bool) -> asyncio.Task[None]:
+        """Start sending a streamed body in a task of its own. Until it has gone out whole (not cancelled,
+        not failed, not cut short by an early answer) the connection is not idle."""
+        self._sending_body = True  # now, not when the task first runs: an answer may come before that
+        return asyncio.ensure_future(self._write_body(body, chunked))
+
+    async def _write_body(self, body: AsyncIterator[bytes], chunked: bool) -> None:
         """Send a streamed body, waiting whenever the socket's buffer is full."""
         assert self.transport is not None
         async for chunk in body:
@@ -293,6 +286,7 @@ class Connection(asyncio.Protocol):
             await self._can_write.wait()
         if chunked and not self.closed:
             self.transport.write(b"0\r\n\r\n")
+        self._sending_body = False
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -305,8 +299,9 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def idle(self) -> bool:
-        """Free for another request: the last answer was read to its end and the node keeps the connection."""
-        return not self.closed and self._response is None and self.keep_alive
+        """Free for another request: the last request went out whole, its answer was read to its end, and
+        the node keeps the connection."""
+        return not self.closed and self._response is None and self.keep_alive and not self._sending_body
 
     def close(self) -> None:
         self.closed = True
@@ -335,65 +330,6 @@ class Connection(asyncio.Protocol):
         )
 
 
-class Pool:
-    """Keep-alive connections to one node, at most `limit` open; the most recently used is reused first."""
-
-    def __init__(self, endpoint: Endpoint, *, limit: int, connect_timeout_s: float) -> None:
-        self.endpoint = endpoint
-        self._limit = asyncio.Semaphore(limit)
-        self._connect_timeout_s = connect_timeout_s
-        self._idle: list[Connection] = []
-        self._closed = False
-
-    async def acquire(self, pool_timeout_s: float, *, fresh: bool = False) -> Connection:
-        """A connection of the pool (reused when one is idle, unless `fresh`); waits at most `pool_timeout_s`
-        for a free slot."""
-        if self._limit.locked():
-            async with asyncio.timeout(pool_timeout_s):
-                await self._limit.acquire()
-        else:
-            await self._limit.acquire()  # free: returns at once, no timer needed
-        try:
-            while self._idle and not fresh:
-                connection = self._idle.pop()
-                if connection.idle():
-                    connection.reused = True
-                    return connection
-            return await self._connect()
-        except BaseException:
-            self._limit.release()
-            raise
-
-    def release(self, connection: Connection) -> None:
-        """Give a connection back: kept when its last answer ended cleanly, else closed."""
-        self._limit.release()
-        if connection.idle() and not self._closed:
-            self._idle.append(connection)
-        else:
-            connection.close()
-
-    async def _connect(self) -> Connection:
-        endpoint = self.endpoint
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout_s):
-            _, connection = await loop.create_connection(
-                Connection,
-                endpoint.host,
-                endpoint.port,
-                ssl=endpoint.tls,
-                server_hostname=endpoint.host if endpoint.tls is not None else None,
-            )
-        if endpoint.fingerprint is not None:
-            _check_fingerprint(connection, endpoint.fingerprint)
-        return connection
-
-    def close(self) -> None:
-        self._closed = True
-        for connection in self._idle:
-            connection.close()
-        self._idle.clear()
-
-
 async def wait_at_most(future: asyncio.Future[None], timeout_s: float | None) -> None:
     """Await `future`, raising TimeoutError after `timeout_s`: one timer, lighter than `asyncio.timeout`
     on a path taken twice per forwarded request."""
@@ -410,76 +346,3 @@ async def wait_at_most(future: asyncio.Future[None], timeout_s: float | None) ->
 def _expire(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
-
-
-def _check_fingerprint(connection: Connection, expected: bytes) -> None:
-    assert connection.transport is not None
-    ssl_object = connection.transport.get_extra_info("ssl_object")
-    certificate = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if certificate is None or hashlib.sha256(certificate).digest() != expected:
-        connection.close()
-        raise UpstreamError("the node's certificate does not match elasticsearch.ssl_assert_fingerprint")
-
-
-class Client:
-    """Pools per origin for calls that want the whole answer within a total time (the model servers).
-
-    A model call is a pure function of its body, so a request that met a kept-alive connection the server
-    had just closed (uvicorn closes idle ones after 5 s) is sent once more on a new one, whatever its method.
-    """
-
-    def __init__(self, *, limit: int, connect_timeout_s: float = 5.0) -> None:
-        self._limit = limit
-        self._connect_timeout_s = connect_timeout_s
-        self._pools: dict[str, Pool] = {}
-        self._tls: ssl.SSLContext | None = None
-
-    async def fetch(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout_s: float
-    ) -> tuple[int, bytes]:
-        """Status and body of one exchange; TimeoutError past `timeout_s`, UpstreamError or OSError when the
-        server cannot be reached or breaks off."""
-        target = URL(url)
-        pool = self._pool(target)
-        path = target.raw_path_qs
-        async with asyncio.timeout(timeout_s):
-            for fresh in (False, True):
-                connection = await pool.acquire(timeout_s, fresh=fresh)
-                response = Response(connection, None)
-                head = connection.start(response, head_only=method == "HEAD")
-                assert connection.transport is not None
-                length = len(body) if body is not None else None
-                connection.transport.write(
-                    request_head(method, path, pool.endpoint, headers, length) + (body or b"")
-                )
-                try:
-                    await head
-                    data = b"" if method == "HEAD" else await response.read()
-                    return response.status, data
-                except UpstreamError:
-                    if fresh or not connection.reused:
-                        raise
-                finally:
-                    if not response.complete:
-                        connection.close()
-                    pool.release(connection)
-        raise AssertionError("unreachable: the second attempt returns or raises")
-
-    def close(self) -> None:
-        """Close every pooled connection."""
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-
-    def _pool(self, url: URL) -> Pool:
-        origin = f"{url.scheme}://{url.raw_authority}"
-        pool = self._pools.get(origin)
-        if pool is None:
-            if url.scheme == "https" and self._tls is None:
-                self._tls = ssl.create_default_context()
-            base = URL(origin)
-            endpoint = Endpoint.from_url(base, self._tls)
-            pool = self._pools[origin] = Pool(
-                endpoint, limit=self._limit, connect_timeout_s=self._connect_timeout_s
-            )
-        return pool
