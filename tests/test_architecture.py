@@ -156,6 +156,6 @@ def test_each_part_says_its_job_and_what_it_may_import(part: str) -> None:
 
 def test_the_walker_sees_relative_imports_across_parts() -> None:
     """The checks above would pass vacuously if relative imports were misread."""
-    assert "edge.passthrough" in _imports("search.pipeline")
+    assert "edge.exchange" in _imports("search.pipeline")
     assert "rollout.canary" in _imports("search.pipeline")
     assert "runtime" in _imports("admin.routes")

@@ -61,7 +61,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         runtime.metrics.count_passthrough(request.method)
         return await passthrough.forward(request, runtime.es)
-    return await runtime.pipeline.handle(request, endpoint)
+    exchange = passthrough.AiohttpExchange(request)
+    await runtime.pipeline.handle(exchange, endpoint)
+    assert exchange.response is not None, "the pipeline answers every search"
+    return exchange.response
 
 
 def fast_lane(app: web.Application, config: Config) -> FastLane:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import quote, urlencode
 
 import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .exchange import Answer, ClientRequest, web_response
 from .upstream import error_body, forwardable_request_headers, forwardable_response_headers
 
 _GZIP_LEVEL = 1
@@ -39,17 +40,18 @@ class SearchRequest:
     accepts_gzip: bool
 
     @classmethod
-    def capture(cls, request: web.Request) -> SearchRequest:
+    def capture(cls, request: ClientRequest) -> SearchRequest:
+        headers = request.headers
         return cls(
             method=request.method,
-            raw_path=request.rel_url.raw_path,
-            raw_path_qs=request.rel_url.raw_path_qs,
-            params=dict(parse_qsl(request.rel_url.raw_query_string, keep_blank_values=True)),
-            headers=forwardable_request_headers(request.headers),
+            raw_path=request.raw_path,
+            raw_path_qs=request.target,
+            params=request.params(),
+            headers=forwardable_request_headers(headers),
             # A header whose bytes are not UTF-8 is no query text; it must not reach the model's request.
-            header_query=readable_header(request.headers.get("X-Rerank-Query")),
-            explain=request.headers.get("X-Rerank-Explain", "").strip().lower() in ("true", "1", "yes"),
-            accepts_gzip="gzip" in request.headers.get(hdrs.ACCEPT_ENCODING, "").lower(),
+            header_query=readable_header(headers.get("X-Rerank-Query")),
+            explain=headers.get("X-Rerank-Explain", "").strip().lower() in ("true", "1", "yes"),
+            accepts_gzip="gzip" in headers.get(hdrs.ACCEPT_ENCODING, "").lower(),
         )
 
     def recall_headers(self, *, ndjson: bool = False) -> CIMultiDict[str]:
@@ -62,10 +64,9 @@ class SearchRequest:
         return headers
 
 
-async def read_body(request: web.Request, max_decoded_bytes: int) -> Body:
-    """The whole (bounded) body, and its decompressed form for parsing, itself bounded."""
-    raw = await request.read() if request.body_exists else b""
-    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+def decode_body(raw: bytes, headers: CIMultiDictProxy[str], max_decoded_bytes: int) -> Body:
+    """The body as sent, and its decompressed form for parsing, bounded."""
+    encoding = headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
     if not encoding or encoding == "identity":
         return Body(raw, raw)
     wbits = _WBITS.get(encoding)
@@ -130,9 +131,9 @@ def json_object(payload: bytes) -> dict[str, object] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def json_response(
+def json_answer(
     accepts_gzip: bool, es_headers: CIMultiDictProxy[str], body: bytes, extra: Mapping[str, str]
-) -> web.Response:
+) -> Answer:
     """A 200 with Elasticsearch's headers (length and encoding recomputed) and the proxy's own."""
     headers = forwardable_response_headers(es_headers)
     for name in (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING):
@@ -144,20 +145,24 @@ def json_response(
         compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
         body = compressor.compress(body) + compressor.flush()
         headers[hdrs.CONTENT_ENCODING] = "gzip"
-    return web.Response(status=200, body=body, headers=headers)
+    return Answer(200, headers, body)
 
 
-def raw_response(
+def raw_answer(
     status: int, es_headers: CIMultiDictProxy[str], payload: bytes, extra: Mapping[str, str]
-) -> web.Response:
+) -> Answer:
     """Elasticsearch's answer exactly, plus the proxy's headers."""
     headers = forwardable_response_headers(es_headers)
     headers.popall(hdrs.CONTENT_LENGTH, None)
     headers.update(extra)
-    return web.Response(status=status, body=payload, headers=headers)
+    return Answer(status, headers, payload)
+
+
+def es_error_answer(status: int, error_type: str, reason: str) -> Answer:
+    """The proxy's own error, in Elasticsearch's shape."""
+    headers = CIMultiDict({hdrs.CONTENT_TYPE: "application/json", "X-Elastic-Product": "Elasticsearch"})
+    return Answer(status, headers, error_body(status, error_type, reason))
 
 
 def es_error(status: int, error_type: str, reason: str) -> web.Response:
-    return web.Response(
-        status=status, body=error_body(status, error_type, reason), content_type="application/json"
-    )
+    return web_response(es_error_answer(status, error_type, reason))

@@ -11,16 +11,12 @@ from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .. import http1
 from ..errors import UpstreamError
-from .upstream import (
-    Elasticsearch,
-    forwardable_request_headers,
-    forwardable_response_headers,
-    upstream_error_response_body,
-    upstream_error_status,
-)
+from .exchange import Answer, BodyTooLarge, ClientRequest, upstream_error_answer, web_response
+from .upstream import Elasticsearch, forwardable_request_headers, forwardable_response_headers
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +40,7 @@ def raw_path(request: web.BaseRequest) -> str:
 
 def error_response(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> web.Response:
     """502/504 in Elasticsearch's error shape; the proxy goes on serving others."""
-    response = web.Response(
-        status=upstream_error_status(error),
-        body=upstream_error_response_body(error),
-        content_type="application/json",
-        charset="UTF-8",
-    )
-    response.headers["X-Elastic-Product"] = "Elasticsearch"
-    if extra_headers:
-        response.headers.update(extra_headers)
-    return response
+    return web_response(upstream_error_answer(error, extra_headers))
 
 
 async def forward(
@@ -126,3 +113,35 @@ async def _copy_body(
         log.warning("elasticsearch broke off a response mid-body: %s", exc.reason)
         return False
     return True
+
+
+class AiohttpExchange:
+    """An exchange on aiohttp's path: `response` is what the handler returns."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._web_request = request
+        self.request = ClientRequest(request.method, raw_target(request), request.headers, request.remote)
+        self.response: web.StreamResponse | None = None
+
+    async def read_body(self, limit: int) -> bytes:
+        try:
+            raw = await self._web_request.read() if self._web_request.body_exists else b""
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLarge from None
+        if len(raw) > limit:
+            raise BodyTooLarge
+        return raw
+
+    async def forward(self, es: Elasticsearch, body: bytes, extra_headers: Mapping[str, str]) -> Answer:
+        response = await forward(self._web_request, es, body=body, extra_headers=extra_headers)
+        self.response = response
+        kept = response.body if isinstance(response, web.Response) else None
+        return Answer(
+            response.status,
+            CIMultiDict(response.headers),
+            kept if isinstance(kept, bytes) else None,
+            response.reason,
+        )
+
+    def send(self, answer: Answer) -> None:
+        self.response = web_response(answer)

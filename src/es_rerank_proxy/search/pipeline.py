@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import orjson
-from aiohttp import web
 
-from ..edge import http_io, passthrough
+from ..edge import http_io
+from ..edge.exchange import Answer, BodyTooLarge, ClientRequest, Exchange, upstream_error_answer
 from ..edge.upstream import Elasticsearch
 from ..model.scoring import Scorer
 from ..observe.fault_log import FaultLog
@@ -57,18 +57,21 @@ class SearchPipeline:
     faults: FaultLog = field(default_factory=lambda: FaultLog(log))
     record_query: ubi_tap.Sink | None = None  # takes each UBI query record; must not block
 
-    async def handle(self, request: web.Request, endpoint: SearchEndpoint) -> web.StreamResponse:
+    async def handle(self, exchange: Exchange, endpoint: SearchEndpoint) -> None:
+        """Answer the client's search: reranked, or Elasticsearch's own answer to its request."""
         settings = self.settings()
         record = SearchRecord(kind=endpoint.kind, indices=endpoint.indices)
+        request = exchange.request
+        limit = settings.config.server.max_search_body_bytes
         try:
-            body = await http_io.read_body(request, settings.config.server.max_search_body_bytes)
-        except web.HTTPRequestEntityTooLarge:
+            raw = await exchange.read_body(limit)
+        except BodyTooLarge:
             record.reason = "body_too_large"
             self._finish(record)
-            limit = settings.config.server.max_search_body_bytes
-            return http_io.es_error(
-                413, "content_too_long_exception", f"search body larger than {limit} bytes"
-            )
+            reason = f"search body larger than {limit} bytes"
+            exchange.send(http_io.es_error_answer(413, "content_too_long_exception", reason))
+            return
+        body = http_io.decode_body(raw, request.headers, limit)
         try:
             address = canary.client_address(
                 request.remote,
@@ -87,50 +90,53 @@ class SearchPipeline:
             record.mode = decision.mode
             tap = self._open_tap(endpoint, body, request, settings)
             if tap is None:
-                return await self._forward(request, body, record, "skipped", "proxy_error")
+                await self._forward(exchange, body, record, "skipped", "proxy_error")
+                return
             body, query_tap = tap
             record.query_id = query_tap.header
-            result, response = await self._route(
-                request, endpoint, body, settings, record, decision.mode, query_tap
+            result, answer = await self._route(
+                exchange, endpoint, body, settings, record, decision.mode, query_tap
             )
-            self._record_ubi(query_tap, decision.mode, response, result, record)
-            return response
+            self._record_ubi(query_tap, decision.mode, answer, result, record)
         finally:
             self._finish(record)
 
     async def _route(
         self,
-        request: web.Request,
+        exchange: Exchange,
         endpoint: SearchEndpoint,
         body: http_io.Body,
         settings: Settings,
         record: SearchRecord,
         mode: str,
         tap: ubi_tap.QueryTap,
-    ) -> tuple[Result | None, web.StreamResponse]:
+    ) -> tuple[Result | None, Answer]:
+        """The result (None when not computed) and the answer the client was given."""
         if mode == "off":
-            return None, await self._forward(request, body, record, "skipped", "canary_off")
+            return None, await self._forward(exchange, body, record, "skipped", "canary_off")
         if body.decoded is None:
-            return None, await self._forward(request, body, record, "skipped", body.refusal)
+            return None, await self._forward(exchange, body, record, "skipped", body.refusal)
         if mode == "shadow":
-            response = await self._forward(request, body, record, "shadow", None)
-            self._shadow(request, endpoint, body.decoded, settings, record.client)
-            return None, response
-        answer = await self._answer(request, endpoint, body.decoded, settings, record, mode, tap)
-        if isinstance(answer, Bypass):
-            return answer, await self._forward(request, body, record, "skipped", answer.reason)
-        return answer
+            answer = await self._forward(exchange, body, record, "shadow", None)
+            self._shadow(exchange.request, endpoint, body.decoded, settings, record.client)
+            return None, answer
+        computed = await self._answer(exchange.request, endpoint, body.decoded, settings, record, mode, tap)
+        if isinstance(computed, Bypass):
+            return computed, await self._forward(exchange, body, record, "skipped", computed.reason)
+        result, answer = computed
+        exchange.send(answer)
+        return result, answer
 
     async def _answer(
         self,
-        request: web.Request,
+        request: ClientRequest,
         endpoint: SearchEndpoint,
         decoded: bytes,
         settings: Settings,
         record: SearchRecord,
         mode: str,
         tap: ubi_tap.QueryTap,
-    ) -> tuple[Result, web.Response] | Bypass:
+    ) -> tuple[Result, Answer] | Bypass:
         """The reranked answer, ready to send; or why the client's own request should go instead.
 
         Nothing has been sent to the client yet, so an exception nobody planned for (a bug, a body shape
@@ -148,7 +154,7 @@ class SearchPipeline:
             return Bypass("proxy_error")
 
     def _open_tap(
-        self, endpoint: SearchEndpoint, body: http_io.Body, request: web.Request, settings: Settings
+        self, endpoint: SearchEndpoint, body: http_io.Body, request: ClientRequest, settings: Settings
     ) -> tuple[http_io.Body, ubi_tap.QueryTap] | None:
         """The body without `ext.ubi` and its query records' ids; None when that failed unplanned."""
         ubi_cfg = settings.config.ubi
@@ -164,14 +170,14 @@ class SearchPipeline:
         self,
         tap: ubi_tap.QueryTap,
         mode: str,
-        response: web.StreamResponse,
+        answer: Answer,
         result: Result | None,
         record: SearchRecord,
     ) -> None:
         """Hand the query records to the recorder; the answer is ready and nothing here may spoil it."""
         try:
             done = result if isinstance(result, Done) else None
-            ubi_tap.schedule_records(tap, self.record_query, mode, response, done, record, self.wall_clock())
+            ubi_tap.schedule_records(tap, self.record_query, mode, answer, done, record, self.wall_clock())
         except Exception as exc:
             self.faults.report(exc, "recording a UBI query")
 
@@ -184,29 +190,29 @@ class SearchPipeline:
 
     def _respond(
         self, meta: http_io.SearchRequest, result: EsAnswer | Failed | Done, record: SearchRecord
-    ) -> web.Response:
+    ) -> Answer:
         if isinstance(result, Failed):
             record.outcome, record.reason = "error", "elasticsearch_unavailable"
-            return passthrough.error_response(result.error)
+            return upstream_error_answer(result.error)
         if isinstance(result, EsAnswer):
             record.outcome, record.reason = "skipped", "elasticsearch_error"
             extra = {RERANK_HEADER: "skipped", REASON_HEADER: "elasticsearch_error"}
-            return http_io.raw_response(result.status, result.headers, result.payload, extra)
+            return http_io.raw_answer(result.status, result.headers, result.payload, extra)
         extra = {RERANK_HEADER: header_list(result.outcomes), "Server-Timing": record.server_timing()}
         if record.query_id:
             extra[ubi_tap.QUERY_ID_HEADER] = record.query_id
         if any(result.reasons):
             extra[REASON_HEADER] = header_list([reason or "-" for reason in result.reasons])
-        return http_io.json_response(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
+        return http_io.json_answer(meta.accepts_gzip, result.headers, orjson.dumps(result.body), extra)
 
     async def _forward(
         self,
-        request: web.Request,
+        exchange: Exchange,
         body: http_io.Body,
         record: SearchRecord,
         outcome: str,
         reason: str | None,
-    ) -> web.StreamResponse:
+    ) -> Answer:
         """The client's own request, untouched, to Elasticsearch; its answer, untouched, back."""
         record.outcome, record.reason = outcome, reason
         headers = {RERANK_HEADER: outcome}
@@ -214,7 +220,7 @@ class SearchPipeline:
             headers[REASON_HEADER] = reason
         if record.query_id:
             headers[ubi_tap.QUERY_ID_HEADER] = record.query_id
-        return await passthrough.forward(request, self.es, body=body.raw, extra_headers=headers)
+        return await exchange.forward(self.es, body.raw, headers)
 
     def _finish(self, record: SearchRecord) -> None:
         record.total_s = time.perf_counter() - record.started
@@ -231,7 +237,7 @@ class SearchPipeline:
 
     def _shadow(
         self,
-        request: web.Request,
+        request: ClientRequest,
         endpoint: SearchEndpoint,
         decoded: bytes,
         settings: Settings,

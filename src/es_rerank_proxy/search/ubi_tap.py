@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import hdrs
 
 from ..edge import http_io
+from ..edge.exchange import Answer, ClientRequest
 from ..observe.record import SearchRecord
 from ..observe.ubi_queries import UbiRequest, query_document, shown_pages
 from . import ubi
@@ -53,7 +54,7 @@ class QueryTap:
 def open_tap(
     kind: str,
     body: http_io.Body,
-    request: web.Request,
+    request: ClientRequest,
     *,
     record: bool,
     record_all: bool,
@@ -79,7 +80,7 @@ def open_tap(
     ids = tuple(
         r.query_id if r is not None and r.query_id else (new_id() if record_all else None) for r in requests
     )
-    params = dict(request.rel_url.query) if kind == "search" else {}
+    params = request.params() if kind == "search" else {}
     bounds = tuple(ubi.page_bounds(search, params) for search in bodies)
     return body, QueryTap(kind, ids, requests, bounds)
 
@@ -88,18 +89,18 @@ def schedule_records(
     tap: QueryTap,
     sink: Sink | None,
     arm: str,
-    response: web.StreamResponse,
+    answer: Answer,
     done: Done | None,
     record: SearchRecord,
     now: datetime,
 ) -> None:
     """Hand the query records of this request to `sink` once the answer is on its way."""
-    if sink is None or tap.header is None or response.status != 200:
+    if sink is None or tap.header is None or answer.status != 200:
         return
 
     def write() -> None:
         try:
-            for document in _documents(tap, arm, response, done, record, now):
+            for document in _documents(tap, arm, answer, done, record, now):
                 sink(document)
         except Exception:  # a record must never fail a search
             log.exception("UBI query record failed")
@@ -110,7 +111,7 @@ def schedule_records(
 def _documents(
     tap: QueryTap,
     arm: str,
-    response: web.StreamResponse,
+    answer: Answer,
     done: Done | None,
     record: SearchRecord,
     now: datetime,
@@ -118,14 +119,14 @@ def _documents(
     count = len(tap.ids)
     reasons: tuple[str | None, ...]
     if done is not None:
-        answer: object = done.body
+        shown: object = done.body
         outcomes, reasons, teams = done.outcomes, done.reasons, done.teams
     else:  # forwarded: Elasticsearch's own answer, the same outcome for each search
-        answer = _forwarded_answer(response)
+        shown = _forwarded_answer(answer)
         outcomes, reasons, teams = (record.outcome,) * count, (record.reason,) * count, ()
         if record.outcome == "shadow":
             outcomes, reasons = ("skipped",) * count, ("shadow",) * count
-    answers = [answer] if tap.kind == "search" else _responses(answer)
+    answers = [shown] if tap.kind == "search" else _responses(shown)
     if len(answers) != count:
         answers = [None] * count  # hits unknown rather than misattributed
     id_fields = [request.object_id_field if request else None for request in tap.requests]
@@ -144,11 +145,11 @@ def _documents(
     ]
 
 
-def _forwarded_answer(response: web.StreamResponse) -> object:
-    payload = response.body if isinstance(response, web.Response) else None
-    if not isinstance(payload, bytes):
+def _forwarded_answer(answer: Answer) -> object:
+    payload = answer.body
+    if payload is None:
         return None  # streamed (large) answers are not kept: their records carry no hit ids
-    encoding = response.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    encoding = answer.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
     try:
         if encoding in ("gzip", "deflate"):
             inflater = zlib.decompressobj(wbits=47 if encoding == "gzip" else 15)

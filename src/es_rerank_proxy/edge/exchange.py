@@ -1,0 +1,92 @@
+"""A client's request and the proxy's answer, whichever of the listener's two paths carried them.
+
+A search arrives through aiohttp (`web.Request`) or through the fast lane (bytes llhttp parsed, see
+`fast_lane`). The pipeline reads a `ClientRequest`, answers with an `Answer` and forwards the client's own
+request through `Exchange.forward`, so one pipeline serves both paths and none of its decisions depends on
+which one it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from ..errors import UpstreamError
+from .upstream import Elasticsearch, upstream_error_response_body, upstream_error_status
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """What the pipeline reads of a client's request."""
+
+    method: str
+    target: str  # origin-form path and query, exactly as the client encoded them
+    headers: CIMultiDictProxy[str]
+    remote: str | None  # the peer's address, as the socket gives it
+
+    @property
+    def raw_path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def raw_query_string(self) -> str:
+        return self.target.partition("?")[2]
+
+    def params(self) -> dict[str, str]:
+        """The query string's parameters, decoded; the last of a repeated name wins, as in Elasticsearch."""
+        return dict(parse_qsl(self.raw_query_string, keep_blank_values=True))
+
+
+@dataclass(slots=True)
+class Answer:
+    """An answer for the client: Elasticsearch's, or the proxy's own."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes | None  # None: it was streamed to the client and not kept
+    reason: str = ""
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the proxy reads for a search."""
+
+
+class Exchange(Protocol):
+    """One client request and the means to answer it."""
+
+    @property
+    def request(self) -> ClientRequest: ...
+
+    async def read_body(self, limit: int) -> bytes:
+        """The whole body as sent; BodyTooLarge past `limit` bytes."""
+        ...
+
+    async def forward(self, es: Elasticsearch, body: bytes, extra_headers: Mapping[str, str]) -> Answer:
+        """The client's request with `body` to Elasticsearch; its answer plus `extra_headers` back."""
+        ...
+
+    def send(self, answer: Answer) -> None:
+        """Answer the client."""
+        ...
+
+
+def web_response(answer: Answer) -> web.Response:
+    """`answer` as aiohttp sends it."""
+    return web.Response(
+        status=answer.status, reason=answer.reason or None, body=answer.body, headers=answer.headers
+    )
+
+
+def upstream_error_answer(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> Answer:
+    """502/504 in Elasticsearch's error shape; the proxy goes on serving others."""
+    headers = CIMultiDict(
+        {"Content-Type": "application/json; charset=UTF-8", "X-Elastic-Product": "Elasticsearch"}
+    )
+    if extra_headers:
+        headers.update(extra_headers)
+    return Answer(upstream_error_status(error), headers, upstream_error_response_body(error))
