@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from .admin import debug_ui, routes, vector_transfer, warm_jobs
 from .config import Config, redact_url
 from .edge import passthrough
+from .edge.exchange import Exchange
 from .edge.fast_lane import FastLane, HeadLimits
 from .edge.http_io import es_error
 from .edge.listener import GuardedAppRunner, tcp_site
@@ -68,19 +69,28 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 
 def fast_lane(app: web.Application, config: Config) -> FastLane:
-    """The lane for plain non-search requests; the runtime it reads is the app's, once started."""
+    """The lane for plain requests; the runtime it reads is the app's, once started."""
     server = config.server
     return FastLane(
         es=lambda: app[RUNTIME].es,
         is_search=lambda method, path: classify_endpoint(method, path) is not None,
-        counted=lambda method: app[RUNTIME].metrics.count_fast_lane(method),
+        counted=lambda method, search: app[RUNTIME].metrics.count_fast_lane(method, search),
         limits=HeadLimits(
             max_line_size=server.max_line_size,
             max_field_size=server.max_field_size,
             max_headers=server.max_headers,
         ),
         client_write_timeout_s=server.client_write_timeout_s,
+        search=lambda exchange: _lane_search(app, exchange),
     )
+
+
+async def _lane_search(app: web.Application, exchange: Exchange) -> None:
+    request = exchange.request
+    endpoint = classify_endpoint(request.method, request.raw_path)
+    if endpoint is None:  # the mirror asked the same question: not reached
+        raise AssertionError(f"not a search: {request.method} {request.raw_path}")
+    await app[RUNTIME].pipeline.handle(exchange, endpoint)
 
 
 def create_admin_app(public: web.Application) -> web.Application:

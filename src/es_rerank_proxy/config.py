@@ -64,7 +64,7 @@ class ServerConfig:
     header_read_timeout_s: float = field(default=10.0, metadata={"min": 0.001})
     keepalive_timeout_s: float = field(default=75.0, metadata={"min": 0.001})
     client_write_timeout_s: float = field(default=60.0, metadata={"min": 0.001})
-    # Small plain non-search requests skip aiohttp's request/response objects (edge/fast_lane.py).
+    # Small plain requests, searches among them, skip aiohttp's request/response objects (edge/fast_lane.py).
     fast_lane: bool = True
 
 

@@ -122,14 +122,39 @@ async def test_doc_get_takes_the_lane_with_the_clients_headers_and_elasticsearch
         assert body and response.headers["Content-Length"] == str(len(body))
 
 
-async def test_searches_never_take_the_lane() -> None:
+async def test_searches_take_the_lane_only_when_it_serves_them() -> None:
     async with recording_upstream() as upstream:
         config = make_config(upstream.url, canary={"default": "off"})
         async with running_proxy(config) as proxy, aiohttp.ClientSession() as session:
             async with session.get(proxy.url + "/i/_search?q=x") as response:
                 await response.read()
             assert response.headers.get("X-Rerank") is not None  # the pipeline answered
-            assert _lane_count(proxy) == 0
+            assert _lane_count(proxy) == 0  # not counted as forwarded untouched
+            assert proxy.app is not None
+            assert proxy.app[RUNTIME].metrics.fast_lane_searches._value.get() == 1
+
+
+def test_mirror_hands_a_search_on_only_to_a_lane_that_serves_searches() -> None:
+    search = b"GET /i/_search?q=x HTTP/1.1\r\n\r\n"
+    assert RequestMirror(LIMITS, _is_search).feed(search) == [None]
+    taken = RequestMirror(LIMITS, _is_search, takes_searches=True).feed(search)
+    assert taken == [Plain("GET", "/i/_search?q=x", [], None, search=True)]
+
+
+@pytest.mark.parametrize(
+    ("head", "waits"),
+    [
+        (b"POST /i/_search HTTP/1.1\r\nContent-Length: 7\r\n\r\n", True),
+        (b"POST /i/_search HTTP/1.1\r\nContent-Length: 7\r\nExpect: 100-continue\r\n\r\n", False),
+        (b"POST /i/_search HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", False),
+        (b"POST /i/_search HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (MAX_LANE_BODY + 1), False),
+        (b"POST /i/_search HTTP/1.1\r\nContent-Len", False),  # the head is not whole yet
+    ],
+)
+def test_mirror_says_when_a_body_still_to_come_may_ride_the_lane(head: bytes, waits: bool) -> None:
+    mirror = RequestMirror(LIMITS, _is_search, takes_searches=True)
+    assert mirror.feed(head) == []
+    assert mirror.awaiting_small_body is waits
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:

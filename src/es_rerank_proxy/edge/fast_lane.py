@@ -1,16 +1,18 @@
-"""The fast lane: plain non-search requests forwarded without building aiohttp requests and responses.
+"""The fast lane: plain requests served without building aiohttp requests and responses.
 
-Most of what a frontend sends besides searches is small and simple: `GET /index/_doc/1`, `HEAD /index`,
-a `POST` of a few KB. For those, aiohttp's server machinery (a Request, routing, a task, a Response and
-its serialisation) was half the proxy's CPU per forwarded request. The public listener's protocol
+Most of what a frontend sends is small and simple: `GET /index/_doc/1`, `HEAD /index`, a `POST` of a few
+KB, a search. For those, aiohttp's server machinery (a Request, routing, a task, a Response and its
+serialisation) was half the proxy's CPU per forwarded request. The public listener's protocol
 (`listener.GuardedRequestHandler`) mirrors every byte it receives through `RequestMirror`, an llhttp parser;
-when a whole, plain, non-search request arrives while aiohttp has nothing under way, `FastLane.forward`
-sends it over the Elasticsearch pool and writes the answer straight to the socket.
+when a whole, plain request arrives while aiohttp has nothing under way, `FastLane.serve` takes it: a
+non-search is sent over the Elasticsearch pool and its answer written straight to the socket; a search
+goes to the search pipeline as a `LaneExchange`, the same pipeline aiohttp's path hands an
+`AiohttpExchange`.
 
-Anything else takes aiohttp's path, unchanged: searches, a body that is large or still arriving,
-`Expect`, `Upgrade`, `Connection` options, HTTP/1.0, absolute-form targets, bytes that are not ASCII in
-the head, heads over the listener's limits, and every request on a connection whose byte stream the
-mirror could not follow.
+Anything else takes aiohttp's path, unchanged: a body that is large or still arriving, `Expect`,
+`Upgrade`, `Connection` options, HTTP/1.0, absolute-form targets, bytes that are not ASCII in the head,
+heads over the listener's limits, and every request on a connection whose byte stream the mirror could
+not follow.
 """
 
 from __future__ import annotations
@@ -22,16 +24,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 import httptools
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..errors import UpstreamError
+from .exchange import Answer, BodyTooLarge, ClientRequest, Exchange, upstream_error_answer
 from .upstream import (
     HOP_BY_HOP,
     Elasticsearch,
     forwardable_request_headers,
     headers_without,
-    upstream_error_response_body,
-    upstream_error_status,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ MAX_LANE_BODY = 64 * 1024
 _BUFFERED_MAX = 256 * 1024
 # Request headers that make a request more than plain: aiohttp's path deals with each properly.
 _NOT_PLAIN = frozenset({"expect", "upgrade", "connection", "transfer-encoding", "te", "keep-alive"})
+_NOT_PLAIN_BYTES = frozenset(name.encode("ascii") for name in _NOT_PLAIN)
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Elasticsearch's framing is this hop's: the lane sets its own per answer.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
@@ -55,6 +57,7 @@ class Plain:
     target: str
     headers: list[tuple[str, str]]
     body: bytes | None
+    search: bool = False  # a search: the pipeline's, not a plain forward
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +72,20 @@ class HeadLimits:
 class RequestMirror:
     """Follows the client's byte stream request by request, so the lane knows where each one ends.
 
-    `is_search(method, path)` picks out the requests the pipeline must see; they are never `Plain`.
+    `is_search(method, path)` picks out the requests the pipeline must see; without `takes_searches`
+    they are never `Plain`.
     """
 
-    def __init__(self, limits: HeadLimits, is_search: Callable[[str, str], bool]) -> None:
+    def __init__(
+        self, limits: HeadLimits, is_search: Callable[[str, str], bool], takes_searches: bool = False
+    ) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._limits = limits
         self._is_search = is_search
+        self._takes_searches = takes_searches
         self.broken = False  # the stream could not be followed: the lane stays shut for this connection
         self.mid_message = False
+        self._head_complete = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
@@ -98,8 +106,20 @@ class RequestMirror:
 
     # --- httptools callbacks -------------------------------------------------------------------------
 
+    @property
+    def awaiting_small_body(self) -> bool:
+        """Mid-request, its head whole, a body declared by Content-Length that the lane could take."""
+        if not self._head_complete:
+            return False
+        names = {name.lower() for name, _ in self._headers}
+        if names & _NOT_PLAIN_BYTES:
+            return False  # `Expect: 100-continue` above all: its client waits for aiohttp's 100
+        declared = [value for name, value in self._headers if name.lower() == b"content-length"]
+        return len(declared) == 1 and declared[0].isdigit() and int(declared[0]) <= MAX_LANE_BODY
+
     def on_message_begin(self) -> None:
         self.mid_message = True
+        self._head_complete = False
         self._url = b""
         self._headers = []
         self._body = []
@@ -110,6 +130,9 @@ class RequestMirror:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
@@ -137,7 +160,8 @@ class RequestMirror:
             return None
         method = parser.get_method().decode("ascii")
         target = url.decode("ascii")
-        if self._is_search(method, target.partition("?")[0]):
+        search = self._is_search(method, target.partition("?")[0])
+        if search and not self._takes_searches:
             return None  # checked before the headers: a search's are not worth decoding here
         headers: list[tuple[str, str]] = []
         for name, value in self._headers:
@@ -148,62 +172,127 @@ class RequestMirror:
                 return None
             headers.append((text, value.decode("ascii")))
         body = b"".join(self._body) if self._body_size else None
-        return Plain(method, target, headers, body)
+        return Plain(method, target, headers, body, search)
+
+
+SearchHandler = Callable[[Exchange], Awaitable[None]]
 
 
 class FastLane:
-    """Forwards plain non-search requests for the public listener's connections."""
+    """Serves plain requests for the public listener's connections: searches through `search`, the rest
+    forwarded untouched."""
 
     def __init__(
         self,
         es: Callable[[], Elasticsearch],
         is_search: Callable[[str, str], bool],
-        counted: Callable[[str], None],
+        counted: Callable[[str, bool], None],  # (method, a search?)
         limits: HeadLimits,
         client_write_timeout_s: float | None,
+        search: SearchHandler | None = None,
     ) -> None:
         self._es = es
         self._is_search = is_search
         self._counted = counted
         self.limits = limits
         self._client_write_timeout_s = client_write_timeout_s
+        self._search = search
         self.forwarded = 0  # requests the lane answered: tests and the bench check that it engages
+        self.searched = 0  # of those, searches handed to the pipeline
 
     def mirror(self) -> RequestMirror:
-        """A mirror for one connection, handing this lane plain requests that are not searches."""
-        return RequestMirror(self.limits, self._is_search)
+        """A mirror for one connection, handing this lane the plain requests it takes."""
+        return RequestMirror(self.limits, self._is_search, takes_searches=self._search is not None)
 
-    async def forward(self, request: Plain, writer: ClientWriter) -> None:
-        """Send the request to Elasticsearch and its answer to the client; errors in Elasticsearch's shape."""
+    async def serve(self, request: Plain, writer: ClientWriter, remote: str | None) -> None:
+        """Answer one plain request: a search through the pipeline, anything else forwarded untouched."""
         self.forwarded += 1
-        self._counted(request.method)
+        if request.search and self._search is not None:
+            self.searched += 1
+            self._counted(request.method, True)
+            await self._search(LaneExchange(self, request, writer, remote))
+            return
+        self._counted(request.method, False)
         headers = forwardable_request_headers(CIMultiDict(request.headers))
+        await self.send_on(self._es(), request.method, request.target, headers, request.body, writer)
+
+    async def send_on(
+        self,
+        es: Elasticsearch,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        writer: ClientWriter,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Answer:
+        """Send a request to Elasticsearch and its answer, plus `extra_headers`, to the client; errors in
+        Elasticsearch's shape. Returns what was sent, its body only when it went out in one write."""
+        answer: Answer | None = None
         try:
-            async with self._es().request(request.method, request.target, headers, request.body) as upstream:
-                head = _response_head(upstream.status, upstream.reason, upstream.headers)
-                if request.method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200:
+            async with es.request(method, target, headers, body) as upstream:
+                kept = headers_without(upstream.headers, _RESPONSE_DROP)
+                if extra_headers:
+                    kept.update(extra_headers)
+                answer = Answer(upstream.status, kept, None, upstream.reason)
+                head = _response_head(upstream.status, upstream.reason, kept)
+                if method == "HEAD" or upstream.status in _NO_BODY_STATUSES or upstream.status < 200:
                     writer.write(head.closed(upstream.content_length))
-                    return
+                    return answer
                 length = upstream.content_length
                 if length is not None and length <= _BUFFERED_MAX:
-                    body = await upstream.read()
-                    writer.write(head.closed(len(body)) + body)
-                    return
+                    answer.body = await upstream.read()
+                    writer.write(head.closed(len(answer.body)) + answer.body)
+                    return answer
                 writer.write(head.closed(length) if length is not None else head.chunked())
                 async for chunk in upstream.iter_chunks():
                     if chunk:
                         writer.write(chunk if length is not None else b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     if not await writer.drained(self._client_write_timeout_s):
                         writer.abort()  # the status line is out: cutting the connection is the only signal
-                        return
+                        return answer
                 if length is None:
                     writer.write(b"0\r\n\r\n")
+                return answer
         except UpstreamError as exc:
-            if writer.started:
-                writer.abort()
-                return
+            if answer is not None:
+                writer.abort()  # the status line is out: cutting the connection is the only signal
+                return answer
             log.warning("elasticsearch request failed: %s", exc.reason)
-            writer.write(error_answer(upstream_error_status(exc), upstream_error_response_body(exc)))
+            error = upstream_error_answer(exc, extra_headers)
+            writer.write(answer_bytes(error))
+            return error
+
+
+class LaneExchange:
+    """A search on the fast lane: its request as the mirror parsed it, its answer written to the socket."""
+
+    def __init__(self, lane: FastLane, plain: Plain, writer: ClientWriter, remote: str | None) -> None:
+        self._lane = lane
+        self._plain = plain
+        self._writer = writer
+        self.request = ClientRequest(
+            plain.method, plain.target, CIMultiDictProxy(CIMultiDict(plain.headers)), remote
+        )
+
+    async def read_body(self, limit: int) -> bytes:
+        body = self._plain.body or b""
+        if len(body) > limit:
+            raise BodyTooLarge
+        return body
+
+    async def forward(self, es: Elasticsearch, body: bytes, extra_headers: Mapping[str, str]) -> Answer:
+        headers = forwardable_request_headers(self.request.headers)
+        if "Content-Length" in headers:
+            # The body may be the client's minus `ext.ubi` (search.ubi): the length must be its own.
+            headers["Content-Length"] = str(len(body))
+        plain = self._plain
+        return await self._lane.send_on(
+            es, plain.method, plain.target, headers, body, self._writer, extra_headers
+        )
+
+    def send(self, answer: Answer) -> None:
+        self._writer.write(answer_bytes(answer))
 
 
 class ClientWriter:
@@ -222,7 +311,8 @@ class ClientWriter:
 
     def write(self, data: bytes) -> None:
         self.started = True
-        self._transport.write(data)
+        if not self._transport.is_closing():  # a search runs on after its client left; nobody reads
+            self._transport.write(data)
 
     async def drained(self, timeout_s: float | None) -> bool:
         """False when the client read nothing for `timeout_s` while its buffer was full."""
@@ -247,7 +337,13 @@ def error_answer(status: int, body: bytes) -> bytes:
     headers = CIMultiDict(
         {"Content-Type": "application/json; charset=UTF-8", "X-Elastic-Product": "Elasticsearch"}
     )
-    return _response_head(status, "", headers).closed(len(body)) + body
+    return answer_bytes(Answer(status, headers, body))
+
+
+def answer_bytes(answer: Answer) -> bytes:
+    """`answer` on the wire: status line, headers with its own length, body."""
+    body = answer.body or b""
+    return _response_head(answer.status, answer.reason, answer.headers).closed(len(body)) + body
 
 
 @dataclass(frozen=True, slots=True)

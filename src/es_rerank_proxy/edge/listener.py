@@ -79,14 +79,24 @@ class GuardedRequestHandler(web.RequestHandler):
         self._lane = fast_lane if supported else None
         self._mirror = self._lane.mirror() if self._lane is not None else None
         self._lane_task: asyncio.Task[None] | None = None
+        self._lane_search = False  # the lane's task is a search: it finishes even if the client leaves
         self._held: list[bytes] = []  # bytes that arrived while the lane answered, in order
         self._held_bytes = 0
         self._held_back = False  # reading paused: the client must wait, not fill the proxy's memory
+        self._reading = False  # aiohttp's reading task has begun; before, nothing of the stream is its
+        # A request begun while aiohttp was idle whose body is still arriving: held from aiohttp until it
+        # is whole (the lane may take it) or shown not plain (aiohttp gets every byte of it, in order).
+        self._waiting: list[bytes] = []
+        self._waiting_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         loop = asyncio.get_running_loop()
         self._header_deadline = loop.call_later(self._header_read_timeout_s, self._headers_too_slow)
+
+    async def start(self) -> None:
+        self._reading = True
+        await super().start()
 
     def data_received(self, data: bytes) -> None:
         if self._header_deadline is not None:
@@ -106,20 +116,35 @@ class GuardedRequestHandler(web.RequestHandler):
         if self._mirror is None or self._lane is None:
             super().data_received(data)
             return
-        idle = not self._mirror.mid_message and self._aiohttp_idle()
-        completed = self._mirror.feed(data)
-        if self._mirror.broken:
+        mirror = self._mirror
+        idle = bool(self._waiting) or (not mirror.mid_message and self._aiohttp_idle())
+        completed = mirror.feed(data)
+        if mirror.broken:
             self._mirror = None
-        elif idle and len(completed) == 1 and not self._mirror.mid_message:
+        elif idle and len(completed) == 1 and not mirror.mid_message:
             request = completed[0]
             if request is not None:
+                self._stop_waiting()
                 self._start_lane(request)
                 return
+        elif idle and not completed and mirror.mid_message and mirror.awaiting_small_body:
+            # Clients write a head and its body apart (http.client does): wait for the rest.
+            if not self._waiting:
+                self._waiting_deadline = self._loop.call_later(
+                    self._header_read_timeout_s, self._give_waiting_to_aiohttp
+                )
+            self._waiting.append(data)
+            return
+        if self._waiting:
+            data = b"".join([*self._stop_waiting(), data])
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_deadline()
-        if self._lane_task is not None:
+        self._stop_waiting()
+        if self._lane_task is not None and not self._lane_search:
+            # A forward has nobody left to answer. A search runs on, as aiohttp's handlers do: its
+            # record, UBI query and model scores are still worth keeping.
             self._lane_task.cancel()
         super().connection_lost(exc)
 
@@ -133,11 +158,15 @@ class GuardedRequestHandler(web.RequestHandler):
     # --- the fast lane -------------------------------------------------------------------------------
 
     def _aiohttp_idle(self) -> bool:
-        """aiohttp waits for a request and holds none, in part or whole: the next bytes start a new one."""
+        """aiohttp waits for a request and holds none, in part or whole: the next bytes start a new one.
+
+        A client that writes its first request right after connecting is read before aiohttp's reading
+        task has taken its first step; that task has then taken no request yet either.
+        """
         waiter = self._waiter
+        waiting = (waiter is not None and not waiter.done()) or not self._reading
         return (
-            waiter is not None
-            and not waiter.done()
+            waiting
             and not self._messages
             and not self._request_in_progress
             and self._payload_parser is None
@@ -149,11 +178,16 @@ class GuardedRequestHandler(web.RequestHandler):
     def _start_lane(self, request: Plain) -> None:
         assert self._lane is not None and self.transport is not None
         writer = ClientWriter(self.transport, lambda: self._paused, self._drain_helper)
-        self._lane_task = self._loop.create_task(self._run_lane(self._lane, request, writer))
+        peer = self.transport.get_extra_info("peername")
+        remote = str(peer[0]) if isinstance(peer, (list, tuple)) and peer else None
+        self._lane_search = request.search
+        self._lane_task = self._loop.create_task(self._run_lane(self._lane, request, writer, remote))
 
-    async def _run_lane(self, lane: FastLane, request: Plain, writer: ClientWriter) -> None:
+    async def _run_lane(
+        self, lane: FastLane, request: Plain, writer: ClientWriter, remote: str | None
+    ) -> None:
         try:
-            await lane.forward(request, writer)
+            await lane.serve(request, writer, remote)
         except Exception:
             # Never a 500 for a forwarded request: Elasticsearch-shaped, or a cut connection mid-answer.
             log.exception("fast lane failed forwarding %s %s", request.method, request.target)
@@ -164,6 +198,7 @@ class GuardedRequestHandler(web.RequestHandler):
                 writer.write(error_answer(502, body))
         finally:
             self._lane_task = None
+            self._lane_search = False
             self._extend_keepalive()
             held, self._held, self._held_bytes = self._held, [], 0
             if self._held_back and self.transport is not None and not self.transport.is_closing():
@@ -190,6 +225,21 @@ class GuardedRequestHandler(web.RequestHandler):
             self._extend_keepalive()
             return
         super()._process_keepalive()
+
+    def _stop_waiting(self) -> list[bytes]:
+        """Stop waiting for the rest of a request; returns the bytes held so far."""
+        if self._waiting_deadline is not None:
+            self._waiting_deadline.cancel()
+            self._waiting_deadline = None
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+    def _give_waiting_to_aiohttp(self) -> None:
+        # A body slower than the header deadline: aiohttp's path reads it, with aiohttp's own bounds.
+        self._waiting_deadline = None
+        waiting = self._stop_waiting()
+        if waiting and self.transport is not None and not self.transport.is_closing():
+            super().data_received(b"".join(waiting))
 
     def _stop_deadline(self) -> None:
         if self._header_deadline is not None:

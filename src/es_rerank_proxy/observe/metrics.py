@@ -151,6 +151,12 @@ class Metrics:
             "machinery (edge/fast_lane.py); 0 while plain requests flow means the lane is shut.",
             registry=registry,
         )
+        self.fast_lane_searches = Counter(
+            f"{prefix}_fast_lane_searches",
+            "Searches the fast lane handed to the pipeline without aiohttp's request machinery; the rest "
+            "came through aiohttp's path (a large body, `Connection` or `Expect` headers, HTTP/1.0...).",
+            registry=registry,
+        )
         self.shadow_overlap = Histogram(
             f"{prefix}_shadow_top10_overlap",
             "Shadow mode: share of Elasticsearch's top ten that the reranked top ten keeps.",
@@ -244,8 +250,11 @@ class Metrics:
                 self._passthrough_by_method[method] = child
         child.inc()
 
-    def count_fast_lane(self, method: str) -> None:
-        """One request forwarded untouched by the fast lane."""
+    def count_fast_lane(self, method: str, search: bool) -> None:
+        """One request the fast lane took: a search for the pipeline, or one it forwarded untouched."""
+        if search:
+            self.fast_lane_searches.inc()
+            return
         self.count_passthrough(method)
         self.fast_lane.inc()
 
