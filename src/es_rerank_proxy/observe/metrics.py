@@ -16,6 +16,7 @@ _MOVE_BUCKETS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
 _BREAKER_STATES = ("closed", "half_open", "open")
 
 # RFC 9110's methods and PATCH: the `method` label's values (anything else is `other`).
+_CHILD_CACHE_MAX = 1024
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
@@ -145,6 +146,7 @@ class Metrics:
             registry=registry,
         )
         self._passthrough_by_method: dict[str, Counter] = {}
+        self._search_children: dict[tuple[object, ...], tuple[Counter, Histogram]] = {}
         self.fast_lane = Counter(
             f"{prefix}_fast_lane_requests",
             "Of the requests forwarded untouched, those the fast lane answered without aiohttp's request "
@@ -209,11 +211,18 @@ class Metrics:
         if record.phase == "shadow":
             self._observe_shadow(record)
             return
-        group = index_group(record.indices, patterns)
-        self.searches.labels(group, record.mode, record.outcome, reason_label(record.reason)).inc(
-            record.searches
-        )
-        self.request_seconds.labels(record.kind).observe(record.total_s)
+        labels = (tuple(patterns), record.indices, record.mode, record.outcome, record.reason, record.kind)
+        children = self._search_children.get(labels)
+        if children is None:
+            # prometheus' own `labels()` validates and locks on every call. The key holds what the client
+            # chose (index names, an _msearch's reasons), so the cache stops growing at a bound.
+            group = index_group(record.indices, patterns)
+            searches = self.searches.labels(group, record.mode, record.outcome, reason_label(record.reason))
+            children = (searches, self.request_seconds.labels(record.kind))
+            if len(self._search_children) < _CHILD_CACHE_MAX:
+                self._search_children[labels] = children
+        children[0].inc(record.searches)
+        children[1].observe(record.total_s)
         if record.es_s:
             self.elasticsearch_seconds.observe(record.es_s)
         if record.outcome in ("applied", "degraded"):

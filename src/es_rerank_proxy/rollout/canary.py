@@ -8,6 +8,7 @@ addresses count as their IPv4 address everywhere.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -134,6 +135,7 @@ def sticky_bucket(address: IPAddress, salt: str) -> float:
     return value * 100 / 2**53
 
 
+@functools.lru_cache(maxsize=4096)  # the same few peers and proxies send most requests
 def parse_address(text: str) -> IPAddress | None:
     """One address from a peer or header entry: bare, quoted, `[v6]`, with or without a port; else None."""
     text = text.strip().strip('"').strip()

@@ -8,6 +8,7 @@ anything else is a `Bypass` with a short snake_case reason for `X-Rerank-Reason`
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -114,6 +115,7 @@ class SearchPlan:
     added_fields: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=1024)  # a frontend sends a few paths, asked of every request
 def classify_endpoint(method: str, path: str) -> SearchEndpoint | None:
     """A GET/POST `[/{index}]/_search` or `/_msearch` (raw, percent-encoded path); None for anything else."""
     if method.upper() not in ("GET", "POST"):
