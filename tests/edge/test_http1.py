@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 from yarl import URL
 
 from es_rerank_proxy.config import ElasticsearchConfig
@@ -266,3 +268,35 @@ async def test_client_unreachable_server_is_an_os_error() -> None:
             await client.fetch("GET", closed_url() + "/health", {}, None, 2)
     finally:
         client.close()
+
+
+async def test_an_answer_before_the_streamed_body_went_out_whole_retires_the_connection() -> None:
+    """A node may answer (413, 401) before reading an upload; the rest of the body is still owed on that
+    connection, so it must never carry another request."""
+    early = b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 2\r\n\r\n{}"
+    connections = 0
+
+    async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(early if head.startswith(b"POST") else OK)  # before a byte of the body is read
+        await writer.drain()
+        while await reader.read(65536):  # what follows on this connection is never answered
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(node, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    upload = aiohttp.StreamReader(BaseProtocol(asyncio.get_running_loop()), 2**16)
+    upload.feed_data(b"x" * 1024)  # one chunk of the announced 1 MiB; the rest never comes
+    es = _client(url, timeout_s=2)
+    try:
+        headers = {"Content-Length": str(2**20)}
+        async with es.request("POST", "/_bulk", headers, upload) as response:
+            assert (response.status, await response.read()) == (413, b"{}")
+        assert await _exchange(es) == (200, b'{"ok":true}')
+        assert connections == 2
+    finally:
+        await es.aclose()
+        server.close()
