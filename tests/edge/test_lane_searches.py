@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import requests
 
 from es_rerank_proxy.app import RUNTIME
+from es_rerank_proxy.observe.search_log import SEARCH_LOGGER
 
 from ..conftest import INDEX, QUERY
 from ..fakes.fake_reranker import FakeReranker
@@ -178,3 +181,42 @@ async def test_a_search_whose_body_comes_after_its_head_is_answered_whole(
         assert answer.startswith(b"HTTP/1.1 200") and b"X-Rerank: skipped" in answer
         (seen,) = upstream.requests
         assert seen.body == body
+
+
+async def test_a_request_pipelined_behind_a_lane_search_is_answered_after_it() -> None:
+    async with recording_upstream() as upstream:
+        upstream.delay_s = 0.2  # the search is still under way when the next request arrives
+        async with running_proxy(make_config(upstream.url, canary={"default": "off"})) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.url.removeprefix("http://").split(":"))
+            writer.write(b"GET /i/_search?q=x HTTP/1.1\r\nHost: p\r\n\r\n")
+            await asyncio.sleep(0.05)
+            writer.write(b"GET /i/_doc/1 HTTP/1.1\r\nHost: p\r\n\r\n")
+            first = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+            second = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            assert await _searches_on_the_lane(proxy) == 1
+        assert b"X-Rerank: skipped" in first and b"X-Rerank" not in second
+        assert [r.raw_path for r in upstream.requests] == ["/i/_search?q=x", "/i/_doc/1"]
+
+
+async def test_a_lane_search_whose_client_left_finishes_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, SEARCH_LOGGER)
+    async with recording_upstream() as upstream:
+        upstream.delay_s = 0.2
+        async with running_proxy(make_config(upstream.url, canary={"default": "off"})) as proxy:
+            _, writer = await asyncio.open_connection(*proxy.url.removeprefix("http://").split(":"))
+            writer.write(b"GET /i/_search?q=gone HTTP/1.1\r\nHost: p\r\n\r\n")
+            await asyncio.sleep(0.05)
+            writer.transport.abort()  # gone while Elasticsearch is still answering
+            await asyncio.sleep(0.4)
+            assert proxy.app is not None
+            metrics = proxy.app[RUNTIME].metrics
+            counted = metrics.searches.labels("*", "off", "skipped", "canary_off")._value.get()
+            async with aiohttp.ClientSession() as session, session.get(proxy.url + "/i/_search?q=next") as r:
+                assert r.status == 200
+        assert counted == 1  # the search ran to its end and was counted like any other
+        gone = orjson.loads(next(r.getMessage() for r in caplog.records if r.name == SEARCH_LOGGER))
+        assert gone["total_ms"] >= 150  # Elasticsearch's whole answer was awaited, not cut off at the leaving
+        assert [r.raw_path for r in upstream.requests] == ["/i/_search?q=gone", "/i/_search?q=next"]
+        assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
