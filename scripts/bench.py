@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="pass-through cells run in this many turns across the targets, medians kept (4, quick 2)",
+        help="pass-through cells and the rerank path run in this many turns across the targets (4, quick 2)",
     )
     parser.add_argument(
         "--rerank-seconds", type=float, help="seconds per rerank measurement (default 20, quick 5)"
@@ -159,6 +159,7 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
             queries[:searches],
             args.rate,
             args.rerank_seconds,
+            rounds=args.rounds,
         )
         log("cache-hit path")
         cache_queries = queries[: args.cache_queries]

@@ -188,6 +188,11 @@ def own_outside(
     return {key: (value if value >= 0 else None) for key, value in own.items()}
 
 
+def _cycling(make: Callable[[str], Request], queries: Sequence[str]) -> Callable[[int], Request]:
+    """Request i of an open loop: made from the queries in turn."""
+    return lambda i: make(queries[i % len(queries)])
+
+
 def rerank_path(
     es_url: str,
     model_url: str,
@@ -196,15 +201,27 @@ def rerank_path(
     queries: Sequence[str],
     rate: float,
     seconds: float,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """The same distinct queries, at the same rate: directly to Elasticsearch, then through the proxy."""
-    es = summarize(latencies(at_rate(es_url, lambda i: recall_search(queries[i]), rate, seconds)))
+    """The same distinct queries, at the same rate: directly to Elasticsearch, then through the proxy.
+
+    With `rounds` > 1 the three measurements take turns in slices of `seconds / rounds`, so a drift in the
+    machine's speed lands in all three alike instead of in the difference; percentiles are of all samples.
+    """
     texts = model_texts()
-    model = summarize(
-        latencies(at_rate(model_url, lambda i: model_request(queries[i], texts), rate, seconds))
-    )
+    per_round = max(1, round(rate * seconds / max(1, rounds)))
+    slice_s = per_round / rate
+    es_samples: list[Sample] = []
+    model_samples: list[Sample] = []
+    samples: list[Sample] = []
     offset = log_path.stat().st_size
-    samples = at_rate(proxy_url, lambda i: client_search(queries[i]), rate, seconds)
+    for turn in range(max(1, rounds)):
+        chunk = queries[turn * per_round : (turn + 1) * per_round] or queries[:per_round]
+        es_samples += at_rate(es_url, _cycling(recall_search, chunk), rate, slice_s)
+        model_samples += at_rate(model_url, _cycling(lambda q: model_request(q, texts), chunk), rate, slice_s)
+        samples += at_rate(proxy_url, _cycling(client_search, chunk), rate, slice_s)
+    es = summarize(latencies(es_samples))
+    model = summarize(latencies(model_samples))
     client = summarize(latencies(samples))
     own, source = proxy_own(samples, log_path, offset)
     applied = sum(1 for s in samples if s.headers.get("X-Rerank") == "applied")
