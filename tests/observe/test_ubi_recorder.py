@@ -139,6 +139,19 @@ async def test_close_writes_what_is_queued(sink: UbiSink, session: aiohttp.Clien
     assert sink.documents == [{"query_id": "last"}]
 
 
+async def test_close_awaits_a_write_under_way_and_counts_what_it_wrote(
+    sink: UbiSink, session: aiohttp.ClientSession
+) -> None:
+    sink.delay_s = 0.3  # Elasticsearch is still answering the bulk request when the proxy stops
+    counts = Counts()
+    recorder = UbiRecorder(session, _config(create_templates=False), [sink.url], counts)
+    recorder.submit({"query_id": "in flight"})
+    await _until(lambda: len(sink.authorizations) == 1)
+    await recorder.aclose()
+    assert sink.documents == [{"query_id": "in flight"}]
+    assert counts == {("written", ""): 1}
+
+
 async def test_writer_task_ends_once_the_queue_is_empty(
     sink: UbiSink, session: aiohttp.ClientSession
 ) -> None:

@@ -79,13 +79,17 @@ class UbiRecorder:
             self._wake.set()
 
     async def aclose(self) -> None:
-        """Stop the writer; what is queued gets one last, short chance to be written."""
+        """Stop the writer; what is queued, and a write under way, get one last, short chance to finish."""
         self._closed = True
-        if self._task is not None:
+        self._wake.set()  # what waits for the flush interval goes now
+        if self.writing:
+            assert self._task is not None
+            # Not cancelled outright: a bulk request Elasticsearch may already have applied would be
+            # counted as dropped.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), _CLOSE_FLUSH_S)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drain(), _CLOSE_FLUSH_S)
         if self._pending:
             self._count("dropped", "shutdown", len(self._pending))
             self._pending.clear()
