@@ -39,6 +39,12 @@ GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
         (b"GET / HTTP/1.0\r\n\r\n", [None]),
         (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", [None]),
         (b"GET / HTTP/1.1\r\nConnection: keep-alive, X-Secret\r\n\r\n", [None]),
+        # What HTTP/1.1 means anyway, sent by elasticsearch-py and requests: plain.
+        (
+            b"GET /i/_doc/1 HTTP/1.1\r\nConnection: Keep-Alive\r\n\r\n",
+            [Plain("GET", "/i/_doc/1", [("Connection", "Keep-Alive")], None)],
+        ),
+        (b"GET / HTTP/1.1\r\nKeep-Alive: timeout=5\r\n\r\n", [None]),
         (b"POST /i/_doc HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n", [None]),
         (b"POST /_bulk HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", [None]),
         (b"GET http://other/i/_doc/1 HTTP/1.1\r\n\r\n", [None]),  # absolute-form

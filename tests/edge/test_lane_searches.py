@@ -1,6 +1,6 @@
 """Searches on the fast lane: the pipeline answers them exactly as it does on aiohttp's path.
 
-A request with a `Connection` header is not plain, so aiohttp's path takes it; the same request without
+A request with a `Keep-Alive` header is not plain, so aiohttp's path takes it; the same request without
 one takes the lane. Each case is sent both ways to one proxy and the answers must be the same.
 """
 
@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 import pytest
 import requests
+from elasticsearch import Elasticsearch
 
 from es_rerank_proxy.app import RUNTIME
 from es_rerank_proxy.observe.search_log import SEARCH_LOGGER
@@ -69,9 +70,7 @@ CASES: list[tuple[str, str, str, bytes | None, dict[str, str], str]] = [
 
 def _send(proxy: RunningProxy, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> Any:
     with requests.Session() as session:
-        # requests adds `Connection: keep-alive` unless told otherwise: the lane never takes such a request.
-        session.headers.pop("Connection")
-        session.headers.pop("Accept-Encoding")
+        session.headers.pop("Accept-Encoding")  # each case says whether it takes gzip
         return session.request(method, proxy.url + target, data=body, headers=headers, stream=True)
 
 
@@ -99,7 +98,7 @@ def test_a_search_is_answered_the_same_on_the_lane_and_on_aiohttps_path(
     outcome: str,
 ) -> None:
     with reranking_proxy({"rerank": 1.0}) as proxy:
-        through_aiohttp = _send(proxy, method, target, body, {**headers, "Connection": "keep-alive"})
+        through_aiohttp = _send(proxy, method, target, body, {**headers, "Keep-Alive": "timeout=60"})
         assert _lane_searches(proxy) == 0
         on_lane = _send(proxy, method, target, body, headers)
         assert _lane_searches(proxy) == 1
@@ -123,7 +122,7 @@ def test_a_search_body_over_the_limit_gets_the_same_413_on_the_lane(
     body = orjson.dumps({"query": {"match": {"abstract": "x" * 2000}}})
     with reranking_proxy({"rerank": 1.0}, server={"max_search_body_bytes": 1024}) as proxy:
         through_aiohttp = _comparable(
-            _send(proxy, "POST", f"/{INDEX}/_search", body, {"Connection": "keep-alive"})
+            _send(proxy, "POST", f"/{INDEX}/_search", body, {"Keep-Alive": "timeout=60"})
         )
         on_lane = _comparable(_send(proxy, "POST", f"/{INDEX}/_search", body, {}))
         assert _lane_searches(proxy) == 1
@@ -220,3 +219,18 @@ async def test_a_lane_search_whose_client_left_finishes_quietly(caplog: pytest.L
         assert gone["total_ms"] >= 150  # Elasticsearch's whole answer was awaited, not cut off at the leaving
         assert [r.raw_path for r in upstream.requests] == ["/i/_search?q=gone", "/i/_search?q=next"]
         assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
+def test_the_official_clients_searches_and_gets_ride_the_lane(
+    reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]],
+) -> None:
+    """elasticsearch-py sends `Connection: keep-alive` and writes a body apart from its head."""
+    with reranking_proxy({"rerank": 1.0}) as proxy:
+        client = Elasticsearch(proxy.url)
+        response = client.search(index=INDEX, query=QUERY, size=5)
+        hit = response["hits"]["hits"][0]
+        assert client.get(index=INDEX, id=hit["_id"])["_id"] == hit["_id"]
+        assert response.meta.headers["X-Rerank"] == "applied"
+        assert _lane_searches(proxy) == 1
+        assert proxy.app is not None
+        assert proxy.app[RUNTIME].metrics.fast_lane._value.get() == 1

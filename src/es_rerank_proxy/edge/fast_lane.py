@@ -10,9 +10,9 @@ goes to the search pipeline as a `LaneExchange`, the same pipeline aiohttp's pat
 `AiohttpExchange`.
 
 Anything else takes aiohttp's path, unchanged: a body that is large or still arriving, `Expect`,
-`Upgrade`, `Connection` options, HTTP/1.0, absolute-form targets, bytes that are not ASCII in the head,
-heads over the listener's limits, and every request on a connection whose byte stream the mirror could
-not follow.
+`Upgrade`, `Connection` options other than `keep-alive`, HTTP/1.0, absolute-form targets, bytes that are
+not ASCII in the head, heads over the listener's limits, and every request on a connection whose byte
+stream the mirror could not follow.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ MAX_LANE_BODY = 64 * 1024
 # Answers up to this size go out in one write; larger ones stream, chunk by chunk.
 _BUFFERED_MAX = 256 * 1024
 # Request headers that make a request more than plain: aiohttp's path deals with each properly.
-_NOT_PLAIN = frozenset({"expect", "upgrade", "connection", "transfer-encoding", "te", "keep-alive"})
-_NOT_PLAIN_BYTES = frozenset(name.encode("ascii") for name in _NOT_PLAIN)
+_NOT_PLAIN = frozenset({b"expect", b"upgrade", b"connection", b"transfer-encoding", b"te", b"keep-alive"})
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Elasticsearch's framing is this hop's: the lane sets its own per answer.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
@@ -111,8 +110,7 @@ class RequestMirror:
         """Mid-request, its head whole, a body declared by Content-Length that the lane could take."""
         if not self._head_complete:
             return False
-        names = {name.lower() for name, _ in self._headers}
-        if names & _NOT_PLAIN_BYTES:
+        if any(_not_plain(name, value) for name, value in self._headers):
             return False  # `Expect: 100-continue` above all: its client waits for aiohttp's 100
         declared = [value for name, value in self._headers if name.lower() == b"content-length"]
         return len(declared) == 1 and declared[0].isdigit() and int(declared[0]) <= MAX_LANE_BODY
@@ -167,15 +165,23 @@ class RequestMirror:
         for name, value in self._headers:
             if len(name) + len(value) > limits.max_field_size or not (name.isascii() and value.isascii()):
                 return None
-            text = name.decode("ascii")
-            if text.lower() in _NOT_PLAIN:
+            if _not_plain(name, value):
                 return None
-            headers.append((text, value.decode("ascii")))
+            headers.append((name.decode("ascii"), value.decode("ascii")))
         body = b"".join(self._body) if self._body_size else None
         return Plain(method, target, headers, body, search)
 
 
 SearchHandler = Callable[[Exchange], Awaitable[None]]
+
+
+def _not_plain(name: bytes, value: bytes) -> bool:
+    """A header that makes a request aiohttp's to handle. `Connection: keep-alive` alone is plain: it
+    says what HTTP/1.1 means anyway, and elasticsearch-py and requests send it with every request."""
+    lowered = name.lower()
+    if lowered != b"connection":
+        return lowered in _NOT_PLAIN
+    return any(token.strip().lower() != b"keep-alive" for token in value.split(b","))
 
 
 class FastLane:
