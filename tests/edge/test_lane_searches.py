@@ -32,6 +32,8 @@ from ..fakes.recording_upstream import recording_upstream
 _UNEQUAL = {"server-timing", "date", "server", "content-length"}
 
 SEARCH = orjson.dumps({"query": QUERY, "size": 10})
+MATCH_ALL = b'{"query": {"match_all": {}}}'
+POST_HEAD = b"POST /i/_search HTTP/1.1\r\nHost: p\r\nContent-Length: %d\r\n\r\n"  # a body to follow
 MSEARCH = b"".join(b'{"index": "%s"}\n%s\n' % (INDEX.encode(), search) for search in (SEARCH, SEARCH))
 
 CASES: list[tuple[str, str, str, bytes | None, dict[str, str], str]] = [
@@ -162,10 +164,7 @@ async def test_a_search_whose_body_comes_after_its_head_is_answered_whole(
 ) -> None:
     """http.client (elasticsearch-py, requests) writes a head and its body apart: the lane waits for the
     body up to the header deadline, then leaves the request to aiohttp's path, which answers it too."""
-    body = b'{"query": {"match_all": {}}}'
-    head = (
-        b"POST /i/_search HTTP/1.1\r\nHost: p\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-    )
+    body, head = MATCH_ALL, POST_HEAD
     async with recording_upstream() as upstream:
         server = {"header_read_timeout_s": 0.4}
         config = make_config(upstream.url, canary={"default": "off"}, server=server)
@@ -234,3 +233,21 @@ def test_the_official_clients_searches_and_gets_ride_the_lane(
         assert _lane_searches(proxy) == 1
         assert proxy.app is not None
         assert proxy.app[RUNTIME].metrics.fast_lane._value.get() == 1
+
+
+async def test_a_request_still_arriving_at_shutdown_is_answered() -> None:
+    body, head = MATCH_ALL, POST_HEAD
+    async with recording_upstream() as upstream:
+        serving = running_proxy(make_config(upstream.url, canary={"default": "off"}))
+        proxy = await serving.__aenter__()
+        reader, writer = await asyncio.open_connection(*proxy.url.removeprefix("http://").split(":"))
+        writer.write(head % len(body))  # the lane holds the head, waiting for its body
+        await asyncio.sleep(0.05)
+        stopping = asyncio.create_task(serving.__aexit__(None, None, None))
+        await asyncio.sleep(0.1)
+        writer.write(body)
+        answer = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        await stopping
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert [r.body for r in upstream.requests] == [body]

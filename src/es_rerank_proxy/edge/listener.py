@@ -88,6 +88,7 @@ class GuardedRequestHandler(web.RequestHandler):
         # is whole (the lane may take it) or shown not plain (aiohttp gets every byte of it, in order).
         self._waiting: list[bytes] = []
         self._waiting_deadline: asyncio.TimerHandle | None = None
+        self._waiting_ended: asyncio.Event | None = None  # set when it ends, for a shutdown that waits
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -149,10 +150,18 @@ class GuardedRequestHandler(web.RequestHandler):
         super().connection_lost(exc)
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
-        self._lane = None  # nothing new starts; an answer under way gets the same grace as aiohttp's
+        # A request still arriving, and then an answer under way, get the same grace as aiohttp's.
+        deadline = None if timeout is None else self._loop.time() + timeout
+        if self._waiting:
+            self._waiting_ended = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._waiting_ended.wait(), timeout)
+        self._lane = None  # nothing new starts
+        self._give_waiting_to_aiohttp()
         if self._lane_task is not None:
+            left = None if deadline is None else max(0.0, deadline - self._loop.time())
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._lane_task), timeout)
+                await asyncio.wait_for(asyncio.shield(self._lane_task), left)
         await super().shutdown(timeout)
 
     # --- the fast lane -------------------------------------------------------------------------------
@@ -232,6 +241,8 @@ class GuardedRequestHandler(web.RequestHandler):
             self._waiting_deadline.cancel()
             self._waiting_deadline = None
         waiting, self._waiting = self._waiting, []
+        if self._waiting_ended is not None:
+            self._waiting_ended.set()
         return waiting
 
     def _give_waiting_to_aiohttp(self) -> None:
