@@ -132,7 +132,7 @@ class GuardedRequestHandler(web.RequestHandler):
             # Clients write a head and its body apart (http.client does): wait for the rest.
             if not self._waiting:
                 self._waiting_deadline = self._loop.call_later(
-                    self._header_read_timeout_s, self._give_waiting_to_aiohttp
+                    self._header_read_timeout_s, self._waiting_too_slow
                 )
             self._waiting.append(data)
             return
@@ -245,9 +245,13 @@ class GuardedRequestHandler(web.RequestHandler):
             self._waiting_ended.set()
         return waiting
 
-    def _give_waiting_to_aiohttp(self) -> None:
+    def _waiting_too_slow(self) -> None:
         # A body slower than the header deadline: aiohttp's path reads it, with aiohttp's own bounds.
-        self._waiting_deadline = None
+        self._waiting_deadline = None  # fired: nothing to cancel
+        self._give_waiting_to_aiohttp()
+
+    def _give_waiting_to_aiohttp(self) -> None:
+        """Hand aiohttp what the lane held, as if the lane had never looked at it."""
         waiting = self._stop_waiting()
         if waiting and self.transport is not None and not self.transport.is_closing():
             super().data_received(b"".join(waiting))
