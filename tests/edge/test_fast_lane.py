@@ -340,3 +340,16 @@ async def test_a_client_pipelining_a_large_body_behind_the_lane_is_held_back_not
             sender.cancel()
             writer.close()
         assert [seen.body_bytes for seen in upstream.requests if seen.raw_path == "/big/_bulk"] == [size]
+
+
+async def test_an_answer_broken_off_before_the_lane_sent_a_byte_is_an_elasticsearch_shaped_502() -> None:
+    broken = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"partial'
+    async with (
+        raw_http_server(lambda request: (broken, True)) as node,
+        running_proxy(make_config(node.url)) as proxy,
+    ):
+        async with aiohttp.ClientSession() as session, session.get(proxy.url + "/i/_doc/1") as response:
+            error = await response.json()
+        assert response.status == 502 and error["status"] == 502
+        assert response.headers["X-Elastic-Product"] == "Elasticsearch"
+        assert _lane_count(proxy) == 1

@@ -261,7 +261,7 @@ class FastLane:
                     writer.write(b"0\r\n\r\n")
                 return answer
         except UpstreamError as exc:
-            if answer is not None:
+            if writer.started and answer is not None:
                 writer.abort()  # the status line is out: cutting the connection is the only signal
                 return answer
             log.warning("elasticsearch request failed: %s", exc.reason)
