@@ -9,7 +9,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Generic, Literal, TypeVar
 
 from ..config import BreakerConfig
@@ -206,13 +206,13 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
+    async def run(self, key: K, factory: Callable[[], Coroutine[object, object, V]]) -> V:
         """Await the shared result for `key`, starting `factory()` if no call for `key` is under way."""
         task = self._tasks.get(key)
         # A task that has ended but whose done callback has not run yet is no flight to join: its failure
         # would be handed to a caller that arrived after it.
         if task is None or task.done():
-            task = asyncio.ensure_future(_await(factory))
+            task = asyncio.create_task(factory())
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._finished, key))
         # shield: a cancelled caller must not cancel the work the other callers still wait for.
@@ -232,10 +232,6 @@ class SingleFlight(Generic[K, V]):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _await(factory: Callable[[], Awaitable[V]]) -> V:
-    return await factory()
 
 
 class ConcurrencyLimit:
