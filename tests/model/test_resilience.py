@@ -230,23 +230,50 @@ def test_cache_rejects_negative_size() -> None:
 
 @given(
     max_entries=st.integers(min_value=0, max_value=5),
-    ops=st.lists(st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 8)), max_size=60),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "get", "put_many", "get_many"]),
+            st.lists(st.integers(0, 8), min_size=1, max_size=7),
+        ),
+        max_size=40,
+    ),
 )
-def test_cache_matches_an_lru_model_and_stays_bounded(max_entries: int, ops: list[tuple[str, int]]) -> None:
+def test_cache_matches_an_lru_model_and_stays_bounded(
+    max_entries: int, ops: list[tuple[str, list[int]]]
+) -> None:
+    # The batch calls must keep exactly what their one-key calls in turn would keep.
     cache: TTLCache[int, int] = TTLCache(max_entries, 60.0, clock=FakeClock())
     model: list[int] = []  # keys, least recent first
-    for op, key in ops:
-        if op == "put":
-            cache.put(key, key * 10)
-            if max_entries:
-                model = [k for k in model if k != key] + [key]
-                model = model[-max_entries:]
+    for op, keys in ops:
+        if op.startswith("put"):
+            if op == "put_many":
+                cache.put_many([(key, key * 10) for key in keys])
+            else:
+                cache.put(keys[0], keys[0] * 10)
+            for key in keys if op == "put_many" else keys[:1]:
+                if max_entries:
+                    model = [k for k in model if k != key] + [key]
+                    model = model[-max_entries:]
         else:
-            expected = key * 10 if key in model else None
-            assert cache.get(key) == expected
-            if key in model:
-                model = [k for k in model if k != key] + [key]
+            asked = keys if op == "get_many" else keys[:1]
+            expected = [key * 10 if key in model else None for key in asked]
+            found = cache.get_many(asked) if op == "get_many" else [cache.get(asked[0])]
+            assert found == expected
+            for key in asked:
+                if key in model:
+                    model = [k for k in model if k != key] + [key]
         assert len(cache) == len(model) <= max_entries
+
+
+def test_cache_get_many_drops_expired_entries() -> None:
+    clock = FakeClock()
+    cache: TTLCache[str, int] = TTLCache(10, 60.0, clock=clock)
+    cache.put_many([("a", 1), ("b", 2)])
+    clock.advance(30)
+    cache.put("c", 3)
+    clock.advance(30)
+    assert cache.get_many(["a", "c", "b", "a"]) == [None, 3, None, None]
+    assert len(cache) == 1
 
 
 # --- SingleFlight -------------------------------------------------------------------------------------

@@ -436,6 +436,22 @@ async def test_retry_goes_to_the_other_url(make_scorer: MakeScorer) -> None:
     assert [c.url for c in client.calls] == [URL_A, URL_B]
 
 
+async def test_first_retry_waits_a_backoff_after_the_first_failure(make_scorer: MakeScorer) -> None:
+    # The first backoff is 10 ms with jitter, at least 5 ms: a retry sent at once would hammer a server
+    # that just said 503. Only a lower bound is asserted, which no slow machine can break.
+    started: list[float] = []
+
+    async def record_then(call: Call, then: Handler) -> list[float]:
+        started.append(time.monotonic())
+        return await then(call)
+
+    first = script(fail(unavailable(503)), answer)
+    client = FakeClient(default=lambda call: record_then(call, first))
+    outcome = await make_scorer(client, config(retries=1)).score("q", docs("a"), 5.0)
+    assert outcome.reason is None and outcome.model_calls == 2
+    assert started[1] - started[0] >= 0.004
+
+
 # --- several URLs -------------------------------------------------------------------------------------
 
 

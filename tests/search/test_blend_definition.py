@@ -142,7 +142,9 @@ def test_column_blend_equals_the_hit_by_hit_definition(
     data: st.DataObject, hits: list[HitFeatures], blend: BlendConfig, top_n: int, now: datetime
 ) -> None:
     prior = plan_prior(hits, blend, top_n, now)
-    scores = {i: data.draw(st.floats(0, 1)) for i in prior.candidates if data.draw(st.booleans())}
+    # A few fixed scores as well: equal `final`s must break their tie by prior order, as defined.
+    model_scores = st.floats(0, 1) | st.sampled_from([0.0, 0.5, 1.0])
+    scores = {i: data.draw(model_scores) for i in prior.candidates if data.draw(st.booleans())}
     ranking = rank(prior, scores, blend)
     order, shown, rows, candidates = reference_blend(hits, scores, blend, top_n, now)
     assert list(prior.candidates) == candidates

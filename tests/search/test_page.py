@@ -325,6 +325,56 @@ def test_feature_columns_agree_with_hit_data(hits: list[dict[str, object]], need
     assert columns.citations == [hit_data(hit, needed).citations for hit in hits]
 
 
+# --- whitespace in the model's text ----------------------------------------------------------------
+
+# Every character `str.isspace` knows (all lie below U+3001).
+_WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("already clean text", "already clean text"),
+        ("two  spaces", "two spaces"),
+        (" leading", "leading"),
+        ("trailing ", "trailing"),
+        ("line\nbreak", "line break"),
+        ("tab\tand\rreturn", "tab and return"),
+        ("unit\x1fseparator", "unit separator"),
+        ("form\x0cfeed\x0bvertical", "form feed vertical"),
+        ("no\xa0break space", "no break space"),
+        ("中文\u3000全角空格", "中文 全角空格"),
+        ("clean 中文 text", "clean 中文 text"),
+        ("zero\u200bwidth is no space", "zero\u200bwidth is no space"),
+        (" \n\t ", ""),
+        ("", ""),
+    ],
+)
+def test_model_text_makes_each_whitespace_run_one_space(value: str, expected: str) -> None:
+    data = hit_data({"_source": {"title": value}}, NEEDED)
+    assert document_text(data, 2000, labelled=False) == expected
+
+
+@pytest.mark.parametrize("space", list(_WHITESPACE))
+def test_model_text_treats_every_whitespace_character_as_a_space(space: str) -> None:
+    data = hit_data({"_source": {"title": f"clean{space}text"}}, NEEDED)
+    assert document_text(data, 2000, labelled=False) == "clean text"
+
+
+_ASCII_WHITESPACE = "".join(c for c in _WHITESPACE if c.isascii())
+
+
+@given(
+    st.text(alphabet=st.sampled_from(_ASCII_WHITESPACE + "ab."), max_size=40)
+    | st.text(alphabet=st.sampled_from(_WHITESPACE + "ab.é机\u200b"), max_size=40)
+    | st.text(max_size=40)
+)
+def test_model_text_whitespace_is_what_str_split_makes_of_it(value: str) -> None:
+    # The shortcut for text that is clean already must agree with the plain split-and-join everywhere.
+    data = hit_data({"_source": {"title": value}}, NEEDED)
+    assert document_text(data, 2000, labelled=False) == " ".join(value.split())
+
+
 # --- the model's text, cut before the end of a long field ---------------------------------------------
 
 _spaced_text = st.text(alphabet=st.sampled_from("ab 机\n\t\u3000"), max_size=60)

@@ -218,24 +218,46 @@ def parse_scores(api: str, body: bytes, n_docs: int) -> list[float]:
     if len(items) != n_docs:
         raise RerankerBadResponse(f"expected {n_docs} results, got {len(items)}")
     scores: list[float | None] = [None] * n_docs
+    isfinite = math.isfinite
     for item in items:
-        if not isinstance(item, dict):
-            raise RerankerBadResponse(f"expected each result to be an object, got {_kind(item)}")
-        index = item.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise RerankerBadResponse(f"result index is not an integer: {_kind(index)}")
-        if not 0 <= index < n_docs:
-            raise RerankerBadResponse(f"result index {index} out of range for {n_docs} documents")
-        if scores[index] is not None:
-            raise RerankerBadResponse(f"result index {index} appears twice")
-        score = item.get(score_key)
-        if not isinstance(score, int | float) or isinstance(score, bool):
-            raise RerankerBadResponse(f"result {index}: {score_key} is not a number: {_kind(score)}")
-        if not math.isfinite(score):
-            raise RerankerBadResponse(f"result {index}: {score_key} is not finite")
-        scores[index] = float(score)
+        # A well-formed result passes these exact-type checks at once; anything else gets the full ones
+        # below, which name what is wrong.
+        if type(item) is dict:
+            index, score = item.get("index"), item.get(score_key)
+            if (
+                type(index) is int
+                and type(score) is float
+                and 0 <= index < n_docs
+                and scores[index] is None
+                and isfinite(score)
+            ):
+                scores[index] = score
+                continue
+        index, value = _checked_result(item, score_key, n_docs, scores)
+        scores[index] = value
     # Every slot is filled: n_docs unique in-range indexes.
     return [s for s in scores if s is not None]
+
+
+def _checked_result(
+    item: object, score_key: str, n_docs: int, scores: Sequence[float | None]
+) -> tuple[int, float]:
+    """One result's index and score, or the `RerankerBadResponse` that says what is wrong with it."""
+    if not isinstance(item, dict):
+        raise RerankerBadResponse(f"expected each result to be an object, got {_kind(item)}")
+    index = item.get("index")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise RerankerBadResponse(f"result index is not an integer: {_kind(index)}")
+    if not 0 <= index < n_docs:
+        raise RerankerBadResponse(f"result index {index} out of range for {n_docs} documents")
+    if scores[index] is not None:
+        raise RerankerBadResponse(f"result index {index} appears twice")
+    score = item.get(score_key)
+    if not isinstance(score, int | float) or isinstance(score, bool):
+        raise RerankerBadResponse(f"result {index}: {score_key} is not a number: {_kind(score)}")
+    if not math.isfinite(score):
+        raise RerankerBadResponse(f"result {index}: {score_key} is not finite")
+    return index, float(score)
 
 
 def parse_error(body: bytes) -> str:

@@ -9,7 +9,7 @@ import asyncio
 import functools
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from typing import Generic, Literal, TypeVar
 
 from ..config import BreakerConfig
@@ -159,6 +159,35 @@ class TTLCache(Generic[K, V]):
         while len(self._data) > self._max:
             self._data.popitem(last=False)
 
+    def get_many(self, keys: Iterable[K]) -> list[V | None]:
+        """`get` of each key in turn, reading the clock once (a search looks up its twenty documents)."""
+        now = self._clock()
+        data = self._data
+        found: list[V | None] = []
+        for key in keys:
+            item = data.get(key)
+            if item is not None and now >= item[0]:
+                del data[key]
+                item = None
+            if item is None:
+                found.append(None)
+            else:
+                data.move_to_end(key)
+                found.append(item[1])
+        return found
+
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        """`put` of each pair in turn, reading the clock once; the same entries are kept."""
+        if self._max == 0:
+            return
+        expires = self._clock() + self._ttl
+        data = self._data
+        for key, value in items:
+            data[key] = (expires, value)
+            data.move_to_end(key)
+        while len(data) > self._max:
+            data.popitem(last=False)
+
     def clear(self) -> None:
         """Forget everything."""
         self._data.clear()
@@ -177,13 +206,13 @@ class SingleFlight(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def run(self, key: K, factory: Callable[[], Awaitable[V]]) -> V:
+    async def run(self, key: K, factory: Callable[[], Coroutine[object, object, V]]) -> V:
         """Await the shared result for `key`, starting `factory()` if no call for `key` is under way."""
         task = self._tasks.get(key)
         # A task that has ended but whose done callback has not run yet is no flight to join: its failure
         # would be handed to a caller that arrived after it.
         if task is None or task.done():
-            task = asyncio.ensure_future(_await(factory))
+            task = asyncio.create_task(factory())
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._finished, key))
         # shield: a cancelled caller must not cancel the work the other callers still wait for.
@@ -203,10 +232,6 @@ class SingleFlight(Generic[K, V]):
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _await(factory: Callable[[], Awaitable[V]]) -> V:
-    return await factory()
 
 
 class ConcurrencyLimit:

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -94,13 +94,9 @@ class ScorerStats:
     degraded: dict[str, int] = field(default_factory=dict)
 
 
-class _DocKey(NamedTuple):
-    doc_id: str
-    digest: bytes
-
-
-_CacheKey = tuple[str, str, str, bytes]  # model_key, query, doc_id, text digest
-_FlightKey = tuple[str, str, frozenset[_DocKey]]  # model_key, query, documents to score
+# model_key, query, doc_id, text digest: also the key of a document within one call and its flight.
+_CacheKey = tuple[str, str, str, bytes]
+_FlightKey = tuple[str, str, frozenset[_CacheKey]]  # model_key, query, documents to score
 
 
 @dataclass(slots=True)
@@ -154,7 +150,7 @@ class Scorer:
         self._cache: TTLCache[_CacheKey, float] = TTLCache(
             cfg.cache.max_entries, cfg.cache.ttl_s, clock=clock
         )
-        self._flights: SingleFlight[_FlightKey, dict[_DocKey, float]] = SingleFlight()
+        self._flights: SingleFlight[_FlightKey, dict[_CacheKey, float]] = SingleFlight()
         self._limit = ConcurrencyLimit(cfg.max_concurrency)
         self._shared = shared
         self._closed = False
@@ -178,12 +174,12 @@ class Scorer:
         """Scores for `docs` by position, or a degraded outcome; returns within `budget_s` plus scheduling."""
         started = self._clock()
         deadline = Deadline(budget_s, self._clock)
-        keys = [_DocKey(doc.doc_id, _digest(doc.text)) for doc in docs]
+        model_key = self._model_key
+        keys: list[_CacheKey] = [(model_key, query, doc.doc_id, _digest(doc.text)) for doc in docs]
         scores: dict[int, float] = {}
-        missing: dict[_DocKey, str] = {}  # unique documents to send, in first-seen order
+        missing: dict[_CacheKey, str] = {}  # unique documents to send, in first-seen order
         pending: list[int] = []
-        for pos, (doc, key) in enumerate(zip(docs, keys, strict=True)):
-            cached = self._cache.get((self._model_key, query, key.doc_id, key.digest))
+        for pos, (doc, key, cached) in enumerate(zip(docs, keys, self._cache.get_many(keys), strict=True)):
             if cached is None:
                 missing.setdefault(key, doc.text)
                 pending.append(pos)
@@ -218,7 +214,7 @@ class Scorer:
             return outcome("timeout")
 
         flight = _Flight()
-        flight_key: _FlightKey = (self._model_key, query, frozenset(missing))
+        flight_key: _FlightKey = (model_key, query, frozenset(missing))
         try:
             # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more task per search.
             async with asyncio.timeout(deadline.remaining()):
@@ -241,8 +237,8 @@ class Scorer:
     async def _from_shared(
         self,
         query: str,
-        keys: list[_DocKey],
-        missing: dict[_DocKey, str],
+        keys: list[_CacheKey],
+        missing: dict[_CacheKey, str],
         pending: list[int],
         scores: dict[int, float],
         deadline: Deadline,
@@ -253,17 +249,17 @@ class Scorer:
         wanted = list(missing)
         prefix = self._shared.prefix
         found = await self._shared.get_many(
-            [shared_key(prefix, self._model_key, query, k.doc_id, k.digest) for k in wanted],
+            [shared_key(prefix, *key) for key in wanted],
             deadline.remaining(),
         )
-        known: dict[_DocKey, float] = {}
+        known: dict[_CacheKey, float] = {}
         for key, value in zip(wanted, found, strict=True):
             if value is not None:
                 known[key] = value
                 del missing[key]
-                self._cache.put((self._model_key, query, key.doc_id, key.digest), value)
         if not known:
             return 0
+        self._cache.put_many(known.items())
         still = [pos for pos in pending if keys[pos] not in known]
         for pos in pending:
             if keys[pos] in known:
@@ -273,39 +269,55 @@ class Scorer:
         return filled
 
     async def _fetch(
-        self, query: str, missing: dict[_DocKey, str], deadline: Deadline, flight: _Flight
-    ) -> dict[_DocKey, float]:
+        self, query: str, missing: dict[_CacheKey, str], deadline: Deadline, flight: _Flight
+    ) -> dict[_CacheKey, float]:
         """The shared work: one model call with retries; stores the answer even if the caller has left."""
         if not self._limit.try_acquire():
             raise Overloaded(f"{self._limit.limit} reranker calls already in flight")
         try:
             texts = list(missing.values())
-            retrying = AsyncRetrying(
-                sleep=asyncio.sleep,
-                retry=retry_if_exception(_is_retryable),
-                stop=lambda state: self._should_stop(state, deadline),
-                wait=lambda state: self._backoff(state, deadline),
-                reraise=True,
-            )
-            values: list[float] = []
-            async for attempt in retrying:
-                with attempt:
-                    values = await self._attempt(query, texts, deadline, flight)
+            try:
+                # Most calls succeed at once: the retry loop is built only when a retry may follow.
+                values = await self._attempt(query, texts, deadline, flight)
+            except RerankerUnavailable as exc:
+                if not _is_retryable(exc):
+                    raise
+                values = await self._retry(query, texts, deadline, flight, exc)
         finally:
             self._limit.release()
         fresh = dict(zip(missing, values, strict=True))
-        for key, value in fresh.items():
-            self._cache.put((self._model_key, query, key.doc_id, key.digest), value)
+        self._cache.put_many(fresh.items())
         if self._shared is not None:
             prefix = self._shared.prefix
             self._shared.put_many(
-                [
-                    (shared_key(prefix, self._model_key, query, key.doc_id, key.digest), value)
-                    for key, value in fresh.items()
-                ],
+                [(shared_key(prefix, *key), value) for key, value in fresh.items()],
                 self._cfg.cache.ttl_s,
             )
         return fresh
+
+    async def _retry(
+        self, query: str, texts: list[str], deadline: Deadline, flight: _Flight, failure: RerankerError
+    ) -> list[float]:
+        """The attempts after a retryable first failure, by tenacity's rules (retry, backoff, stop).
+
+        The first failure is replayed as tenacity's attempt 1, so it counts, and waits, as if tenacity
+        had made it."""
+        retrying = AsyncRetrying(
+            sleep=asyncio.sleep,
+            retry=retry_if_exception(_is_retryable),
+            stop=lambda state: self._should_stop(state, deadline),
+            wait=lambda state: self._backoff(state, deadline),
+            reraise=True,
+        )
+        replay: RerankerError | None = failure
+        values: list[float] = []
+        async for attempt in retrying:
+            with attempt:
+                if replay is not None:
+                    failed, replay = replay, None
+                    raise failed
+                values = await self._attempt(query, texts, deadline, flight)
+        return values
 
     def _should_stop(self, state: RetryCallState, deadline: Deadline) -> bool:
         if state.attempt_number > self._cfg.retries:

@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from itertools import repeat
 from typing import NamedTuple
 
 from ..config import BlendConfig, BlendWeights, CitationsConfig, RecencyConfig
@@ -36,6 +37,8 @@ from ..config import BlendConfig, BlendWeights, CitationsConfig, RecencyConfig
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SECONDS_PER_DAY = 86_400.0
 _MICROSECOND = timedelta(microseconds=1)
+# Builds a named tuple from a row in C: `Components._make` adds a Python call per hit.
+_new_tuple = tuple.__new__
 # Distinct date strings remembered as epoch microseconds: the same documents recur from search to search.
 _DATE_CACHE_SIZE = 4096
 # Elasticsearch's default date format, strict_date_optional_time: every part after the year is optional.
@@ -130,18 +133,14 @@ def prior_from_columns(
     bm25 = _normalise_scores(es_scores)
     recency = _recency_column(dates, blend.recency, now)
     citation = _citation_column(citations, blend.citations)
+    w_bm25, w_recency, w_citations = weights.bm25, weights.recency, weights.citations
     priors = [
-        b * weights.bm25 + r * weights.recency + c * weights.citations
-        for b, r, c in zip(bm25, recency, citation, strict=True)
+        b * w_bm25 + r * w_recency + c * w_citations for b, r, c in zip(bm25, recency, citation, strict=True)
     ]
     size = len(priors)
     nothing = [None] * size
-    components = tuple(
-        map(
-            Components._make,
-            zip(range(size), es_scores, nothing, bm25, recency, citation, priors, nothing, strict=True),
-        )
-    )
+    rows = zip(range(size), es_scores, nothing, bm25, recency, citation, priors, nothing, strict=True)
+    components = tuple(map(_new_tuple, repeat(Components, size), rows))
     if not needs_model(blend) or top_n <= 0:
         return Prior(components=components, candidates=())
     return Prior(components=components, candidates=tuple(_prior_order(priors, weights)[:top_n]))
@@ -165,25 +164,28 @@ def rank(prior: Prior, rerank_scores: Mapping[int, float] | None, blend: BlendCo
     elif blend.rerank_range:
         low, high = blend.rerank_range
         answered = {index: min(1.0, max(0.0, (s - low) / (high - low))) for index, s in answered.items()}
+    w_rerank = weights.rerank
     for index, rerank_value in answered.items():
         es_rank, es_score, _, bm25, recency, citations, prior_value, _ = components[index]
-        final = prior_value + rerank_value * weights.rerank
+        final = prior_value + rerank_value * w_rerank
         components[index] = Components(
             es_rank, es_score, rerank_value, bm25, recency, citations, prior_value, final
         )
         shown[index] = final
-    scored = list(answered)
-    if scored:
-        prior_position = {index: position for position, index in enumerate(prior_order)}
-        scored.sort(key=lambda i: (-shown[i], prior_position[i]))
-        scored_set = set(scored)
-        order = scored + [index for index in prior_order if index not in scored_set]
+    if answered:
+        # Listed in prior order, then sorted stably (a reversed sort is stable too): ties of `final` keep
+        # their prior order.
+        scored = [index for index in prior_order if index in answered]
+        scored.sort(key=shown.__getitem__, reverse=True)
+        order = scored + [index for index in prior_order if index not in answered]
     else:
         order = prior_order
-    scores: list[float] = []
-    for index in order:
-        value = shown[index]
-        scores.append(min(value, scores[-1]) if scores else value)
+    scores = [shown[index] for index in order]
+    for position in range(1, len(scores)):
+        # min(value, previous), spelt out: `min` is a call per hit.
+        previous = scores[position - 1]
+        if previous < scores[position]:
+            scores[position] = previous
     return Ranking(order=tuple(order), scores=tuple(scores), components=tuple(components))
 
 
@@ -203,24 +205,30 @@ def _recency_column(values: Sequence[object], recency: RecencyConfig, now: datet
     # Whole microseconds, as `(now - when).total_seconds()` counts them: the same float, bit for bit.
     now_micros = _epoch_micros(now)
     half_life, missing = recency.half_life_days, recency.missing
+    seconds_per_day, text_micros = _SECONDS_PER_DAY, _text_date_micros
     scores: list[float] = []
     for value in values:
-        when = _text_date_micros(value) if type(value) is str else _date_micros(value)
+        when = text_micros(value) if type(value) is str else _date_micros(value)
         if when is None:
             scores.append(missing)
             continue
-        age_days = (now_micros - when) / 1_000_000 / _SECONDS_PER_DAY
-        scores.append(1.0 if age_days <= 0 else float(0.5 ** (age_days / half_life)))
+        age_days = (now_micros - when) / 1_000_000 / seconds_per_day
+        scores.append(1.0 if age_days <= 0 else 0.5 ** (age_days / half_life))
     return scores
 
 
 def _citation_column(values: Sequence[object], citations: CitationsConfig) -> list[float]:
-    log_saturation = math.log1p(citations.saturation)
+    log1p = math.log1p
+    log_saturation = log1p(citations.saturation)
     scores: list[float] = []
     for value in values:
         # A plain non-negative int is the common case; anything else takes parse_count's checks.
         count = float(value) if type(value) is int and value >= 0 else parse_count(value)
-        scores.append(0.0 if count is None else min(1.0, math.log1p(count) / log_saturation))
+        if count is None:
+            scores.append(0.0)
+        else:
+            share = log1p(count) / log_saturation
+            scores.append(share if share < 1.0 else 1.0)  # min(1.0, share), without a call per hit
     return scores
 
 
