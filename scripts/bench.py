@@ -160,6 +160,7 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
             args.rate,
             args.rerank_seconds,
             rounds=args.rounds,
+            proxy_pid=windowed.pid,
         )
         log("cache-hit path")
         cache_queries = queries[: args.cache_queries]

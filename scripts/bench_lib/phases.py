@@ -202,8 +202,12 @@ def rerank_path(
     rate: float,
     seconds: float,
     rounds: int = 1,
+    proxy_pid: int | None = None,
 ) -> dict[str, Any]:
     """The same distinct queries, at the same rate: directly to Elasticsearch, then through the proxy.
+
+    With `proxy_pid`, the proxy process's CPU time (user + system) during its slices, per search: the
+    steadiest of these figures on a shared machine, as it does not subtract distributions.
 
     With `rounds` > 1 the three measurements take turns in slices of `seconds / rounds`, so a drift in the
     machine's speed lands in all three alike instead of in the difference; percentiles are of all samples.
@@ -214,12 +218,17 @@ def rerank_path(
     es_samples: list[Sample] = []
     model_samples: list[Sample] = []
     samples: list[Sample] = []
+    proxy_cpu_s = 0.0
     offset = log_path.stat().st_size
     for turn in range(max(1, rounds)):
         chunk = queries[turn * per_round : (turn + 1) * per_round] or queries[:per_round]
         es_samples += at_rate(es_url, _cycling(recall_search, chunk), rate, slice_s)
         model_samples += at_rate(model_url, _cycling(lambda q: model_request(q, texts), chunk), rate, slice_s)
+        before = cpu_seconds(proxy_pid)
         samples += at_rate(proxy_url, _cycling(client_search, chunk), rate, slice_s)
+        after = cpu_seconds(proxy_pid)
+        if before is not None and after is not None:
+            proxy_cpu_s += after - before
     es = summarize(latencies(es_samples))
     model = summarize(latencies(model_samples))
     client = summarize(latencies(samples))
@@ -234,6 +243,7 @@ def rerank_path(
         "own_proxy": own,
         "timing_source": source,
         "applied_share": applied / len(samples),
+        "proxy_cpu_ms_per_search": proxy_cpu_s * 1000 / len(samples) if proxy_cpu_s else None,
         "reasons_seen": reasons,
         "errors": sum(1 for s in samples if s.status != 200),
         "searches": len(samples),
@@ -291,6 +301,18 @@ def cache_hit_path(
 
 
 # --- memory -------------------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of `pid` so far; None without a pid or psutil."""
+    if pid is None:
+        return None
+    try:
+        import psutil
+    except ImportError:
+        return None
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def rss_mb(pid: int) -> float | None:

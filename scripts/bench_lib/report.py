@@ -81,6 +81,8 @@ def rerank_table(rerank: Mapping[str, Any], cache: Mapping[str, Any]) -> str:
     ]
     for name, entry in named:
         rows.append([name, _num(entry and entry["p50_ms"]), _num(entry and entry["p99_ms"])])
+    cpu = rerank.get("proxy_cpu_ms_per_search")
+    rows.append(["proxy process CPU per search (user + system)", _num(cpu), ""])
     return align(rows)
 
 
