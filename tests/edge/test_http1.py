@@ -300,3 +300,42 @@ async def test_an_answer_before_the_streamed_body_went_out_whole_retires_the_con
     finally:
         await es.aclose()
         server.close()
+
+
+@pytest.mark.parametrize(("pause_s", "quiet_after"), [(0.1, None), (0.1, 2)])
+async def test_a_whole_body_read_times_out_only_when_the_node_goes_quiet(
+    pause_s: float, quiet_after: int | None
+) -> None:
+    """The read timeout bounds silence, not the whole body: a node trickling pieces (each sooner than the
+    timeout, together longer) is read to the end; one that stops mid-body is an UpstreamError."""
+    pieces = [b"0123456789"] * 6
+    done = asyncio.Event()
+
+    async def node(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % sum(map(len, pieces)))
+            for sent, piece in enumerate(pieces):
+                if sent == quiet_after:
+                    break
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(pause_s)
+            await done.wait()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(node, "127.0.0.1", 0)
+    es = _client(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout_s=0.25)
+    try:
+        if quiet_after is None:
+            assert await _exchange(es) == (200, b"".join(pieces))  # 0.6 s in all, > the timeout
+        else:
+            with pytest.raises(UpstreamError) as caught:
+                await _exchange(es)
+            assert caught.value.timed_out
+    finally:
+        done.set()
+        await es.aclose()
+        server.close()
+        await server.wait_closed()

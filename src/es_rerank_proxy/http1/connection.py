@@ -99,12 +99,17 @@ class Response:
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._whole = False  # `read` waits for the end: chunks neither wake it nor pause the socket
+        self._arrivals = 0  # chunks so far: `read`'s inactivity timer looks at it
 
     # --- fed by the connection -----------------------------------------------------------------------
 
     def _feed(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
         self._buffered += len(chunk)
+        self._arrivals += 1
+        if self._whole:
+            return
         if self._buffered > _HIGH_WATER:
             self._connection.pause_reading()
         self._wake()
@@ -130,6 +135,35 @@ class Response:
         finally:
             self._waiter = None
 
+    async def _wait_for_end(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+        seen = self._arrivals
+
+        def check(timeout_s: float) -> None:
+            # One timer per read, re-armed only when it fires: a chunk since the last look is progress.
+            # The node is thus declared quiet between one and two read timeouts after its last byte.
+            nonlocal timer, seen
+            if waiter.done():
+                return
+            if self._arrivals == seen:
+                waiter.set_exception(TimeoutError())
+                return
+            seen = self._arrivals
+            timer = loop.call_later(timeout_s, check, timeout_s)
+
+        if self._read_timeout_s is not None:
+            timer = loop.call_later(self._read_timeout_s, check, self._read_timeout_s)
+        try:
+            await waiter
+        except TimeoutError as exc:
+            raise UpstreamError("Elasticsearch stopped answering mid-body", timed_out=True) from exc
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive; UpstreamError if Elasticsearch breaks off or goes quiet."""
         while True:
@@ -146,11 +180,15 @@ class Response:
             await self._wait()
 
     async def read(self) -> bytes:
-        """The whole body."""
-        while not self._done:
-            if self._buffered > _LOW_WATER:
-                self._connection.resume_reading()  # read() takes everything: never stall on the high mark
-            await self._wait()
+        """The whole body: one wake-up at its end, however many pieces it comes in (a node may write a
+        small answer in six), and UpstreamError if the node goes quiet for the read timeout."""
+        if not self._done:
+            self._whole = True
+            self._connection.resume_reading()  # read() takes everything: never stall on the high mark
+            try:
+                await self._wait_for_end()
+            finally:
+                self._whole = False
         if self._error is not None:
             raise self._error
         data = b"".join(self._chunks)
