@@ -82,11 +82,17 @@ def web_response(answer: Answer) -> web.Response:
     )
 
 
-def upstream_error_answer(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> Answer:
-    """502/504 in Elasticsearch's error shape; the proxy goes on serving others."""
+def elasticsearch_error(status: int, body: bytes, extra_headers: Mapping[str, str] | None = None) -> Answer:
+    """An error the proxy gives itself, framed as Elasticsearch frames its own (JSON, product header)."""
     headers = CIMultiDict(
         {"Content-Type": "application/json; charset=UTF-8", "X-Elastic-Product": "Elasticsearch"}
     )
     if extra_headers:
         headers.update(extra_headers)
-    return Answer(upstream_error_status(error), headers, upstream_error_response_body(error))
+    return Answer(status, headers, body)
+
+
+def upstream_error_answer(error: UpstreamError, extra_headers: Mapping[str, str] | None = None) -> Answer:
+    """502/504 in Elasticsearch's error shape; the proxy goes on serving others."""
+    body = upstream_error_response_body(error)
+    return elasticsearch_error(upstream_error_status(error), body, extra_headers)

@@ -203,8 +203,6 @@ class FastLane:
         self.limits = limits
         self._client_write_timeout_s = client_write_timeout_s
         self._search = search
-        self.forwarded = 0  # requests the lane answered: tests and the bench check that it engages
-        self.searched = 0  # of those, searches handed to the pipeline
 
     def mirror(self) -> RequestMirror:
         """A mirror for one connection, handing this lane the plain requests it takes."""
@@ -212,9 +210,7 @@ class FastLane:
 
     async def serve(self, request: Plain, writer: ClientWriter, remote: str | None) -> None:
         """Answer one plain request: a search through the pipeline, anything else forwarded untouched."""
-        self.forwarded += 1
         if request.search and self._search is not None:
-            self.searched += 1
             self._counted(request.method, True)
             await self._search(LaneExchange(self, request, writer, remote))
             return
@@ -338,18 +334,11 @@ class ClientWriter:
         self._transport.abort()
 
 
-def error_answer(status: int, body: bytes) -> bytes:
-    """An answer the lane gives itself, in Elasticsearch's error shape."""
-    headers = CIMultiDict(
-        {"Content-Type": "application/json; charset=UTF-8", "X-Elastic-Product": "Elasticsearch"}
-    )
-    return answer_bytes(Answer(status, headers, body))
-
-
 def answer_bytes(answer: Answer) -> bytes:
     """`answer` on the wire: status line, headers with its own length, body."""
     body = answer.body or b""
-    return _response_head(answer.status, answer.reason, answer.headers).closed(len(body)) + body
+    kept = headers_without(answer.headers, _RESPONSE_DROP)
+    return _response_head(answer.status, answer.reason, kept).closed(len(body)) + body
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,10 +357,9 @@ class _Head:
 
 
 def _response_head(status: int, reason: str, headers: Mapping[str, str]) -> _Head:
-    """Status line and Elasticsearch's headers minus hop-by-hop ones and its framing (set per answer)."""
-    kept = headers_without(headers, _RESPONSE_DROP)
+    """Status line and `headers`, already without hop-by-hop ones and framing (set per answer)."""
     lines = [f"HTTP/1.1 {status} {reason or _reason(status)}"]
-    lines += [f"{name}: {value}" for name, value in kept.items()]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
     return _Head(lines)
 
 

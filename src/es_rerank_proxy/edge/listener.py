@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
-from .fast_lane import ClientWriter, FastLane, Plain, error_answer
+from .exchange import elasticsearch_error
+from .fast_lane import ClientWriter, FastLane, Plain, answer_bytes
 from .tls import ListenerTls
 from .upstream import error_body
 
@@ -204,7 +205,7 @@ class GuardedRequestHandler(web.RequestHandler):
                 writer.abort()
             else:
                 body = error_body(502, "proxy_exception", "the proxy could not forward the request")
-                writer.write(error_answer(502, body))
+                writer.write(answer_bytes(elasticsearch_error(502, body)))
         finally:
             self._lane_task = None
             self._lane_search = False
