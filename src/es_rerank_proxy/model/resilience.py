@@ -140,27 +140,15 @@ class TTLCache(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """The live value for `key` (and mark it recently used), or None."""
-        item = self._data.get(key)
-        if item is None:
-            return None
-        expires, value = item
-        if self._clock() >= expires:
-            del self._data[key]
-            return None
-        self._data.move_to_end(key)
-        return value
+        return self.get_many((key,))[0]
 
     def put(self, key: K, value: V) -> None:
         """Store `value`, evicting the least recently used entries beyond the bound."""
-        if self._max == 0:
-            return
-        self._data[key] = (self._clock() + self._ttl, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
+        self.put_many(((key, value),))
 
     def get_many(self, keys: Iterable[K]) -> list[V | None]:
-        """`get` of each key in turn, reading the clock once (a search looks up its twenty documents)."""
+        """The live value of each key (each marked recently used) or None, reading the clock once: a
+        search looks up its twenty documents."""
         now = self._clock()
         data = self._data
         found: list[V | None] = []
@@ -177,7 +165,7 @@ class TTLCache(Generic[K, V]):
         return found
 
     def put_many(self, items: Iterable[tuple[K, V]]) -> None:
-        """`put` of each pair in turn, reading the clock once; the same entries are kept."""
+        """Store each pair, reading the clock once, then evict the least recently used beyond the bound."""
         if self._max == 0:
             return
         expires = self._clock() + self._ttl
