@@ -21,7 +21,8 @@ from . import http1
 from .config import Config, RerankerConfig, load_config
 from .edge.upstream import Elasticsearch, build_ssl, create_session
 from .errors import ConfigError
-from .model.reranker import ModelSession, RerankerClient
+from .model.model_server import ModelSession
+from .model.reranker import RerankerClient
 from .model.scoring import ScoreClient, Scorer
 from .model.selftest import SelfTestResult, check_reranker
 from .model.shared_cache import SharedCache, connect

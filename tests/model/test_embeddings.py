@@ -20,7 +20,7 @@ from es_rerank_proxy.app import RUNTIME
 from es_rerank_proxy.config import CacheConfig, Config, RerankerConfig, config_from_dict
 from es_rerank_proxy.errors import Overloaded, RerankerBadResponse, RerankerTimeout
 from es_rerank_proxy.model.embeddings import EmbeddingsClient
-from es_rerank_proxy.model.reranker import ModelServerBadResponse, ModelServerUnavailable
+from es_rerank_proxy.model.model_server import ModelServerBadResponse, ModelServerUnavailable
 from es_rerank_proxy.model.scoring import ScoreDoc, Scorer
 from es_rerank_proxy.model.vectors import cosine, parse_embeddings, to_unit_interval
 from es_rerank_proxy.search import page

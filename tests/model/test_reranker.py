@@ -14,14 +14,12 @@ import pytest
 
 from es_rerank_proxy.config import RerankerConfig
 from es_rerank_proxy.errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable
+from es_rerank_proxy.model.model_server import ModelServerBadResponse, ModelServerUnavailable, parse_error
 from es_rerank_proxy.model.reranker import (
-    ModelServerBadResponse,
-    ModelServerUnavailable,
     RerankerClient,
     build_request,
     format_qwen3_document,
     format_qwen3_query,
-    parse_error,
     parse_scores,
 )
 

@@ -22,8 +22,7 @@ import orjson
 
 from ..config import RerankerConfig
 from ..errors import Overloaded, RerankerBadResponse, RerankerError, RerankerTimeout
-from .passage_vectors import PassageKey, PassageVectors
-from .reranker import (
+from .model_server import (
     ModelServerBadResponse,
     ModelServerUnavailable,
     ModelSession,
@@ -31,6 +30,7 @@ from .reranker import (
     model_headers,
     raise_for_status,
 )
+from .passage_vectors import PassageKey, PassageVectors
 from .resilience import Clock, Deadline, TTLCache
 from .shared_cache import SharedCache
 from .vectors import EmbeddingsRequest, InputType, Vector, dot, parse_embeddings, to_unit_interval, unit

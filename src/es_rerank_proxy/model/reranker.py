@@ -1,24 +1,28 @@
-"""Client for the model server: request and response formats, Qwen3 prompt formatting, one HTTP call.
+"""Client for the rerank APIs: request and response formats, Qwen3 prompt formatting.
 
-The pure helpers (`format_qwen3_*`, `build_request`, `parse_scores`, `parse_error`) hold every format
-decision; `RerankerClient` only sends one request and maps what can go wrong to the project's exceptions.
-Retries, budgets and breakers live in `scoring` / `resilience`, not here.
+The pure helpers (`format_qwen3_*`, `build_request`, `parse_scores`) hold every format decision;
+`RerankerClient` sends one request through `model_server` and maps a bad answer to the project's
+exceptions. Retries, budgets and breakers live in `scoring` / `resilience`, not here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal, TypedDict
 
-import aiohttp
 import orjson
-from yarl import URL
 
-from .. import http1
 from ..config import RerankerConfig
-from ..errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable, UpstreamError
+from ..errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable
+from .model_server import (
+    ModelServerBadResponse,
+    ModelSession,
+    call_model_server,
+    model_headers,
+    raise_for_status,
+    snippet,
+)
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -29,7 +33,6 @@ QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 RerankApi = Literal["vllm", "tei", "cohere"]
 
 # How much of an unparseable error body goes into an exception message.
-_ERROR_BODY_CHARS = 200
 
 
 # --- JSON boundary shapes ---------------------------------------------------------------------------
@@ -128,25 +131,6 @@ class ErrorResponse(TypedDict):
     error: ErrorDetail
 
 
-# --- exceptions with the HTTP status ----------------------------------------------------------------
-
-
-class ModelServerUnavailable(RerankerUnavailable):
-    """`RerankerUnavailable` raised by this client; `status` is the 5xx status, None for transport errors."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ModelServerBadResponse(RerankerBadResponse):
-    """`RerankerBadResponse` raised by this client; `status` is the 4xx status, or the 2xx of a bad body."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 # --- pure helpers -----------------------------------------------------------------------------------
 
 
@@ -203,7 +187,7 @@ def parse_scores(api: str, body: bytes, n_docs: int) -> list[float]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise RerankerBadResponse(f"not valid JSON: {_snippet(body, 60)}") from exc
+        raise RerankerBadResponse(f"not valid JSON: {snippet(body, 60)}") from exc
     if score_key == "score":
         if not isinstance(data, list):
             raise RerankerBadResponse(f"expected a JSON list, got {_kind(data)}")
@@ -260,28 +244,6 @@ def _checked_result(
     return index, float(score)
 
 
-def parse_error(body: bytes) -> str:
-    """The message of a vLLM error body (either shape, or TEI's), else the start of the body."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-        if isinstance(data.get("message"), str):
-            return str(data["message"])
-        if isinstance(error, str):  # TEI and vLLM's 401: {"error": "..."}
-            return error
-    return _snippet(body, _ERROR_BODY_CHARS) if body else "(empty body)"
-
-
-def _snippet(body: bytes, limit: int) -> str:
-    text = body[: limit * 4].decode("utf-8", errors="replace")
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _kind(value: object) -> str:
     names = {type(None): "null", dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
     return names.get(type(value), "a number")
@@ -332,7 +294,7 @@ class RerankerClient:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            message = f"models: not valid JSON: {_snippet(body, 60)}"
+            message = f"models: not valid JSON: {snippet(body, 60)}"
             raise ModelServerBadResponse(message, status=status) from exc
         entries = data.get("data") if isinstance(data, dict) else None
         if not isinstance(entries, list):
@@ -349,74 +311,3 @@ class RerankerClient:
         self, method: str, url: str, path: str, timeout_s: float, data: bytes | None
     ) -> tuple[int, bytes]:
         return await call_model_server(self._session, method, url, path, data, self._headers, timeout_s)
-
-
-def model_headers(cfg: RerankerConfig) -> dict[str, str]:
-    """JSON both ways, and the API key as a Bearer token when one is configured."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if cfg.api_key:
-        headers["Authorization"] = f"Bearer {cfg.api_key}"
-    return headers
-
-
-# What the clients send through: the runtime's lean pools, or an aiohttp session (tools, tests).
-ModelSession = aiohttp.ClientSession | http1.Client
-
-
-async def call_model_server(
-    session: ModelSession,
-    method: str,
-    url: str,
-    path: str,
-    data: bytes | None,
-    headers: Mapping[str, str],
-    timeout_s: float,
-) -> tuple[int, bytes]:
-    """One request to a model server: its status and body, or the project's error for a transport failure."""
-    # aiohttp treats a total timeout of 0 as "no timeout": an exhausted budget must not wait forever.
-    if not timeout_s > 0:
-        raise RerankerTimeout(f"{method} {path}: no time left (timeout {timeout_s} s)")
-    target = url.rstrip("/") + path
-    shown = _redact(target)
-    try:
-        if isinstance(session, http1.Client):
-            return await session.fetch(method, target, headers, data, timeout_s)
-        async with session.request(
-            method,
-            target,
-            data=data,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            allow_redirects=False,
-        ) as resp:
-            return resp.status, await resp.read()
-    # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
-    except asyncio.TimeoutError as exc:
-        raise RerankerTimeout(f"{method} {shown}: no answer within {timeout_s:g} s") from exc
-    except UpstreamError as exc:
-        raise ModelServerUnavailable(f"{method} {shown}: {exc.reason}") from exc
-    except (aiohttp.ClientError, OSError) as exc:
-        raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
-
-
-def raise_for_status(status: int, body: bytes) -> None:
-    """A model server's non-2xx answer as the project's error: 5xx unavailable, anything else bad."""
-    if 200 <= status < 300:
-        return
-    if status >= 500:
-        raise ModelServerUnavailable(f"HTTP {status}: {parse_error(body)}", status=status)
-    raise ModelServerBadResponse(f"HTTP {status}: {parse_error(body)}", status=status)
-
-
-def _redact(target: str) -> str:
-    """The URL without user:password, fit for messages and logs."""
-    try:
-        url = URL(target)
-    except ValueError:
-        return "(invalid URL)"
-    return str(url.with_user(None)) if url.user or url.password else target
-
-
-def _describe_transport(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
