@@ -112,11 +112,13 @@ async def test_missing_elasticsearch_drops_as_unavailable_and_retries_templates(
 
 async def test_full_queue_drops_new_records_and_counts_them(session: aiohttp.ClientSession) -> None:
     counts = Counts()
-    recorder = UbiRecorder(session, _config(max_pending=2), ["http://127.0.0.1:9"], counts)  # never started
+    recorder = UbiRecorder(session, _config(max_pending=2), ["http://127.0.0.1:9"], counts)
     for i in range(5):
         recorder.submit({"query_id": str(i)})
     assert recorder.pending == 2
     assert counts == {("dropped", "queue_full"): 3}
+    # Closed, or its writer outlives the test and fails on the closed session in whichever test runs next.
+    await recorder.aclose()
 
 
 async def test_bulk_size_triggers_a_write_before_the_interval(
