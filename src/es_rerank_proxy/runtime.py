@@ -26,6 +26,8 @@ from .model.reranker import RerankerClient
 from .model.scoring import ScoreClient, Scorer
 from .model.selftest import SelfTestResult, check_reranker
 from .model.shared_cache import SharedCache, connect
+from .observe import deferred
+from .observe.deferred import DeferredObserver
 from .observe.metrics import Metrics
 from .observe.record import SearchRecord
 from .observe.search_log import SEARCH_LOGGER, log_search
@@ -63,6 +65,7 @@ class Runtime:
         self._wall_clock = wall_clock
         self._run_self_test = self_test
         self._search_log = logging.getLogger(SEARCH_LOGGER)
+        self.observations = DeferredObserver(self._observe, deferred.OBSERVE_DELAY_S)
         self._background: set[asyncio.Task[None]] = set()
         self._file = SettledFile(_signature(config_path))
 
@@ -96,7 +99,7 @@ class Runtime:
             es=self.es,
             scorer=self.scorer,
             settings=lambda: self.settings,
-            observe=self._observe,
+            observe=self.observations,
             start_shadow=self.shadow.start,
             record_query=self._start_ubi_recorder(config),
         )
@@ -109,6 +112,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.shadow.aclose()
+        self.observations.close()  # the last searches' log lines and metrics, before the loop goes
         await self.ubi_recorder.aclose()
         await self._ubi_session.close()
         await self.scorer.aclose()

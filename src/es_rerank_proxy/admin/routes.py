@@ -37,6 +37,7 @@ def add_routes(admin: web.Application, runtime: Runtime) -> None:
         return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        runtime.observations.flush()  # searches answered a moment ago count in this scrape
         response = web.Response(body=runtime.metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -7,7 +7,6 @@ results into answers, and any fault nobody planned for into the client's own req
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +49,8 @@ class SearchPipeline:
     es: Elasticsearch
     scorer: Scorer
     settings: Callable[[], Settings]
+    # Called as each search ends, before its answer is written: the runtime's defers the work
+    # (observe.deferred), so the client never waits for it.
     observe: Observer = field(default=lambda record: None)
     wall_clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     # Shadow work is handed to this; it answers why it refused the work, or None when it started it.
@@ -224,10 +225,6 @@ class SearchPipeline:
 
     def _finish(self, record: SearchRecord) -> None:
         record.total_s = time.perf_counter() - record.started
-        # Metrics and the log line run once the answer is on its way: the client never waits for them.
-        asyncio.get_running_loop().call_soon(self._observe, record)
-
-    def _observe(self, record: SearchRecord) -> None:
         try:
             self.observe(record)
         except Exception:  # observability must never fail a search
