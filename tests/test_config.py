@@ -225,12 +225,36 @@ def test_help_lists_the_commands() -> None:
         ({"reranker": {"api_key": ["sk-abc123"]}}, "sk-abc123"),
         ({"elasticsearch": {"url": ["http://elastic:hunter22@es:9200"], "timeout_s": "slow"}}, "hunter22"),
         ({"elasticsearch": {"url": [42, "http://elastic:hunter22@es:9200"]}}, "hunter22"),
+        ({"elasticsearch": {"url": ["ftp://elastic:hunter22@es:9200"]}}, "hunter22"),
+        ({"ubi": {"elasticsearch": {"url": ["es://writer:hunter22@es:9200"]}}}, "hunter22"),
     ],
 )
 def test_a_rejected_config_never_echoes_a_secret(data: dict[str, Any], leak: str) -> None:
     with pytest.raises(ConfigError) as error:
         config_from_dict(data)
     assert leak not in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["https://elastic:hunter22@es:9200", "http://token@es:9200/prefix"])
+def test_credentials_in_an_elasticsearch_url_are_refused(url: str) -> None:
+    """They would go out for every client that sends none: anonymous users would search as that user."""
+    with pytest.raises(ConfigError) as error:
+        config_from_dict({"elasticsearch": {"url": ["http://es-1:9200", url]}})
+    message = str(error.value)
+    assert message.startswith("elasticsearch.url[1]: ")
+    assert "carries credentials" in message and "anonymous" in message
+    assert "hunter22" not in message and "token" not in message
+
+
+def test_credentials_in_model_server_and_ubi_urls_are_the_proxys_own_and_kept() -> None:
+    config = config_from_dict(
+        {
+            "reranker": {"url": ["http://user:pw@vllm:8000"]},
+            "ubi": {"elasticsearch": {"url": ["https://writer:pw@es:9200"]}},
+        }
+    )
+    assert config.reranker.url == ("http://user:pw@vllm:8000",)
+    assert config.ubi.elasticsearch.url == ("https://writer:pw@es:9200",)
 
 
 @pytest.mark.parametrize(

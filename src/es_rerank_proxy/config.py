@@ -345,7 +345,16 @@ def _check_relations(config: Config) -> None:
             raise ConfigError(f"{section}: expected at least one URL, got an empty list")
         for i, url in enumerate(urls):
             if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
-                raise ConfigError(f"{section}[{i}]: expected an http:// or https:// URL, got {url!r}")
+                shown = redact_url(url)
+                raise ConfigError(f"{section}[{i}]: expected an http:// or https:// URL, got {shown!r}")
+            if section == "elasticsearch.url" and redact_url(url) != url:
+                # The proxy forwards each client's own credentials; ones in the URL would go out for every
+                # client that sends none, anonymous users included.
+                raise ConfigError(
+                    f"{section}[{i}]: {redact_url(url)!r} carries credentials: the proxy would send them for "
+                    "every client that sends none, anonymous users included. Remove them: clients bring "
+                    "their own, and UBI records use ubi.elasticsearch.api_key"
+                )
     redis_url = config.reranker.cache.redis_url
     if config.reranker.cache.backend == "redis" and not redis_url.startswith(("redis://", "rediss://")):
         raise ConfigError(

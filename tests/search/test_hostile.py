@@ -307,15 +307,10 @@ def test_passwords_in_urls_never_reach_admin_pages_metrics_or_logs(
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
 
 
-def test_public_502_names_no_internal_address_or_password(caplog: pytest.LogCaptureFixture) -> None:
-    with (
-        proxy_in_thread(
-            make_config(f"http://admin:{SECRET}@127.0.0.1:9", canary={"default": "off"})
-        ) as proxy,
-        caplog.at_level(logging.WARNING),
-    ):
+def test_public_502_names_no_internal_address() -> None:
+    # (Elasticsearch URLs carry no password: the config refuses them, see test_config.)
+    with proxy_in_thread(make_config("http://127.0.0.1:9", canary={"default": "off"})) as proxy:
         answer = requests.get(f"{proxy.url}/library/_doc/1", timeout=30)
     assert answer.status_code == 502
-    assert SECRET not in answer.text and "127.0.0.1:9" not in answer.text
+    assert "127.0.0.1:9" not in answer.text
     assert answer.json()["error"]["reason"] == "Elasticsearch is unreachable"
-    assert not [r for r in caplog.records if SECRET in r.getMessage()]

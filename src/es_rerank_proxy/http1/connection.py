@@ -32,7 +32,9 @@ class Endpoint:
     fingerprint: bytes | None  # SHA-256 of the node's certificate, when pinned instead of verified
     host_header: str
     base_path: str  # a configured URL's path prefix, without the trailing slash
-    authorization: str | None  # Basic credentials from the URL's user info, for clients that send none
+    # Basic credentials from the URL's user info, for requests that bring none: the model server's URL
+    # may carry the proxy's own; an Elasticsearch URL never does (config refuses it: anonymous clients).
+    authorization: str | None
 
     @classmethod
     def from_url(cls, url: URL, tls: ssl.SSLContext | None, fingerprint: bytes | None = None) -> Endpoint:
