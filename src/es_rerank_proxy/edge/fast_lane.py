@@ -284,10 +284,8 @@ class LaneExchange:
         return body
 
     async def forward(self, es: Elasticsearch, body: bytes, extra_headers: Mapping[str, str]) -> Answer:
+        # `body` may be the client's minus `ext.ubi` (search.ubi): http1 frames it by its own length.
         headers = forwardable_request_headers(self.request.headers)
-        if "Content-Length" in headers:
-            # The body may be the client's minus `ext.ubi` (search.ubi): the length must be its own.
-            headers["Content-Length"] = str(len(body))
         plain = self._plain
         return await self._lane.send_on(
             es, plain.method, plain.target, headers, body, self._writer, extra_headers

@@ -58,10 +58,7 @@ async def forward(
     headers = forwardable_request_headers(request.headers)
     payload: bytes | aiohttp.StreamReader | None
     if body is not None:
-        payload = body
-        if "Content-Length" in headers:
-            # The body may be the client's minus `ext.ubi` (search.ubi): the length must be its own.
-            headers["Content-Length"] = str(len(body))
+        payload = body  # may be the client's minus `ext.ubi` (search.ubi): http1 frames it by its own length
     elif request.body_exists:
         payload = request.content
     else:
