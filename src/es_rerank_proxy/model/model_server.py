@@ -13,10 +13,9 @@ from collections.abc import Mapping
 
 import aiohttp
 import orjson
-from yarl import URL
 
 from .. import http1
-from ..config import RerankerConfig
+from ..config import RerankerConfig, redact_url
 from ..errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable, UpstreamError
 
 _ERROR_BODY_CHARS = 200
@@ -64,7 +63,6 @@ async def call_model_server(
     if not timeout_s > 0:
         raise RerankerTimeout(f"{method} {path}: no time left (timeout {timeout_s} s)")
     target = url.rstrip("/") + path
-    shown = _redact(target)
     try:
         if isinstance(session, http1.Client):
             return await session.fetch(method, target, headers, data, timeout_s)
@@ -78,12 +76,13 @@ async def call_model_server(
         ) as resp:
             return resp.status, await resp.read()
     # ServerTimeoutError is both a ClientError and a TimeoutError: timeouts first.
+    # The URL is shown redacted, and only built for a message: this runs for every model call.
     except asyncio.TimeoutError as exc:
-        raise RerankerTimeout(f"{method} {shown}: no answer within {timeout_s:g} s") from exc
+        raise RerankerTimeout(f"{method} {redact_url(target)}: no answer within {timeout_s:g} s") from exc
     except UpstreamError as exc:
-        raise ModelServerUnavailable(f"{method} {shown}: {exc.reason}") from exc
+        raise ModelServerUnavailable(f"{method} {redact_url(target)}: {exc.reason}") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise ModelServerUnavailable(f"{method} {shown}: {_describe_transport(exc)}") from exc
+        raise ModelServerUnavailable(f"{method} {redact_url(target)}: {_describe_transport(exc)}") from exc
 
 
 def raise_for_status(status: int, body: bytes) -> None:
@@ -93,15 +92,6 @@ def raise_for_status(status: int, body: bytes) -> None:
     if status >= 500:
         raise ModelServerUnavailable(f"HTTP {status}: {parse_error(body)}", status=status)
     raise ModelServerBadResponse(f"HTTP {status}: {parse_error(body)}", status=status)
-
-
-def _redact(target: str) -> str:
-    """The URL without user:password, fit for messages and logs."""
-    try:
-        url = URL(target)
-    except ValueError:
-        return "(invalid URL)"
-    return str(url.with_user(None)) if url.user or url.password else target
 
 
 def _describe_transport(exc: BaseException) -> str:
