@@ -344,14 +344,14 @@ def _check_relations(config: Config) -> None:
         if not urls and section != "ubi.elasticsearch.url":
             raise ConfigError(f"{section}: expected at least one URL, got an empty list")
         for i, url in enumerate(urls):
+            shown = redact_url(url)
             if not (url.startswith("http://") or url.startswith("https://")) or len(url) <= len("https://"):
-                shown = redact_url(url)
                 raise ConfigError(f"{section}[{i}]: expected an http:// or https:// URL, got {shown!r}")
-            if section == "elasticsearch.url" and redact_url(url) != url:
+            if section == "elasticsearch.url" and shown != url:
                 # The proxy forwards each client's own credentials; ones in the URL would go out for every
                 # client that sends none, anonymous users included.
                 raise ConfigError(
-                    f"{section}[{i}]: {redact_url(url)!r} carries credentials: the proxy would send them for "
+                    f"{section}[{i}]: {shown!r} carries credentials: the proxy would send them for "
                     "every client that sends none, anonymous users included. Remove them: clients bring "
                     "their own, and UBI records use ubi.elasticsearch.api_key"
                 )

@@ -15,8 +15,9 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 _MOVE_BUCKETS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0)
 _BREAKER_STATES = ("closed", "half_open", "open")
 
-# RFC 9110's methods and PATCH: the `method` label's values (anything else is `other`).
+# Label sets whose prometheus children `observe_search` keeps at hand (see there).
 _CHILD_CACHE_MAX = 1024
+# RFC 9110's methods and PATCH: the `method` label's values (anything else is `other`).
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
