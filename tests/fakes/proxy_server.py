@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from es_rerank_proxy.app import (
     RUNTIME,
@@ -130,3 +132,25 @@ def proxy_process(config: Config, tmp_dir: Path) -> Iterator[RunningProxy]:
         yield running
     finally:
         stop_process_group(process, timeout_s=15)
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_metrics(proxy: RunningProxy) -> MetricSamples:
+    """Every sample of the proxy's `/metrics`, by name and sorted labels."""
+    text = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def metric_sum(samples: MetricSamples, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(
+        value
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and set(labels.items()) <= set(sample_labels)
+    )

