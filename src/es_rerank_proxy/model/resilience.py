@@ -25,8 +25,6 @@ V = TypeVar("V")
 class Deadline:
     """A time budget that started when the object was made."""
 
-    __slots__ = ("_clock", "_end")
-
     def __init__(self, budget_s: float, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._end = clock() + max(0.0, budget_s)
@@ -224,8 +222,6 @@ class SingleFlight(Generic[K, V]):
 
 class ConcurrencyLimit:
     """A non-blocking count of work in flight: past the limit, callers degrade at once instead of queueing."""
-
-    __slots__ = ("_in_flight", "limit")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:

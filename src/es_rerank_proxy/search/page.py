@@ -17,8 +17,8 @@ class HitData:
     """What the pipeline reads from one hit: (field, text) pairs, and the raw date and citation values."""
 
     texts: tuple[tuple[str, str], ...]
-    date: object
-    citations: object
+    date: object | None  # not plain `object`: mypyc (setup.py) cannot load it as a dataclass annotation
+    citations: object | None
 
 
 class FeatureColumns(NamedTuple):
@@ -179,13 +179,17 @@ def model_text(hit: Mapping[str, object], texts: NeededFields, config: Config) -
     return _joined(pairs, max_chars, config.reranker.labels_documents)
 
 
+# chr(), not "\ud800" literals: mypyc (setup.py) cannot compile surrogates in string literals.
+_HIGH_SURROGATES = (chr(0xD800), chr(0xDBFF))
+
+
 def _joined(texts: Sequence[tuple[str, str]], max_chars: int, labelled: bool) -> str:
     if labelled:
         joined = "\n".join([f"{_label(name)}: {text}" for name, text in texts])
     else:
         joined = " ".join([text for _, text in texts])
     text = joined[: max(0, max_chars)]
-    if text and "\ud800" <= text[-1] <= "\udbff":
+    if text and _HIGH_SURROGATES[0] <= text[-1] <= _HIGH_SURROGATES[1]:
         text = text[:-1]
     return text
 
