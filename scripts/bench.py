@@ -7,6 +7,9 @@ Starts noida-db (seeded), a fake reranker with a fixed latency, the proxy (`pyth
 serve`), nginx, the shipped nginx front and a static 100-hit window (the rerank path's Elasticsearch),
 each as its own process on free loopback ports; prints one table with PASS/MISS per target and saves the
 numbers as JSON. Method and results: docs/PERFORMANCE.md.
+
+The proxy measured is the package as the Dockerfile ships it, compiled with mypyc (scripts/build_compiled,
+about a minute); `--pure` measures the source instead.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--soak-minutes", type=float, help="load after the first RSS reading (default 5, quick 0.5)"
     )
     parser.add_argument(
+        "--pure", action="store_true", help="run the proxy from the source, not the compiled package"
+    )
+    parser.add_argument(
         "--json", default="artifacts/bench.json", metavar="OUT", help="where to save the numbers"
     )
     args = parser.parse_args(argv)
@@ -115,6 +123,18 @@ def raise_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def use_compiled_package(tmp: Path) -> None:
+    """Build the shipped package and put it first on PYTHONPATH for every process started from here on."""
+    target = tmp / "compiled-package"
+    log(f"building the compiled package into {target}")
+    subprocess.run(
+        [str(REPO / "scripts" / "build_compiled"), str(target)],
+        check=True,
+        env={**os.environ, "PY": sys.executable},
+    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
 
 
 def seed(es_url: str, docs: int, recall_docs: int) -> None:
@@ -213,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
+            if not args.pure:
+                use_compiled_package(Path(tmp))
             results = measure(args, use_wrk, use_nginx, Path(tmp))
         except KeyboardInterrupt:
             print("interrupted: every process stopped", file=sys.stderr)
@@ -220,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"] = {
         **{k: v for k, v in vars(args).items() if k != "json"},
         "load_tool": "wrk" if use_wrk else "aiohttp (wrk not installed)",
+        "proxy_build": "source" if args.pure else "compiled (mypyc)",
         "nginx": use_nginx,
         "window": phases.WINDOW,
         "duration_s": args.duration,

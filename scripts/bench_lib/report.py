@@ -123,6 +123,8 @@ def render(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     rerank = results["rerank"]
     parts = [
+        f"Proxy: {s.get('proxy_build', 'source')}",
+        "",
         f"Pass-through ({s['load_tool']}, {s['duration_s']:g} s per cell)",
         passthrough_table(results["passthrough"]),
         "",
