@@ -59,3 +59,9 @@ def test_without_the_variable_setup_builds_no_extension() -> None:
     finally:
         if saved is not None:
             os.environ["ES_RERANK_PROXY_COMPILE"] = saved
+
+
+def test_the_start_up_line_names_the_build_that_runs() -> None:
+    from es_rerank_proxy.app import running_build
+
+    assert running_build() == ("compiled" if EXPECT_COMPILED else "source")

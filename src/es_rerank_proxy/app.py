@@ -21,6 +21,7 @@ from .edge.listener import GuardedAppRunner, tcp_site
 from .edge.tls import ListenerTls, listener_tls
 from .edge.upstream import undecodable_header
 from .runtime import Runtime
+from .search import pipeline
 from .search.plan import classify_endpoint
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,12 @@ async def _lane_search(app: web.Application, exchange: Exchange) -> None:
     if endpoint is None:  # the mirror asked the same question: not reached
         raise AssertionError(f"not a search: {request.method} {request.raw_path}")
     await app[RUNTIME].pipeline.handle(exchange, endpoint)
+
+
+def running_build() -> str:
+    """Which build runs the request path: "compiled" by mypyc (the image; setup.py) or "source". The start-up
+    line says it, so an operator can tell what a deployment runs."""
+    return "source" if pipeline.__file__ is None or pipeline.__file__.endswith(".py") else "compiled"
 
 
 def create_admin_app(public: web.Application) -> web.Application:
@@ -173,7 +180,7 @@ async def serve(
         await tcp_site(admin_listener, config.admin.host, config.admin.port, admin_tls).start()
         runtime.start_watching()
         log.info(
-            "listening on %s://%s:%d (admin %s://%s:%d), elasticsearch %s, reranker %s",
+            "listening on %s://%s:%d (admin %s://%s:%d), elasticsearch %s, reranker %s, %s build",
             "https" if public_tls else "http",
             config.server.host,
             config.server.port,
@@ -182,6 +189,7 @@ async def serve(
             config.admin.port,
             ", ".join(map(redact_url, config.elasticsearch.url)),
             ", ".join(map(redact_url, config.reranker.url)),
+            running_build(),
         )
         if ready is not None:
             ready.set()
