@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import json
-import os
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,18 +122,6 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def use_compiled_package(tmp: Path) -> None:
-    """Build the shipped package and put it first on PYTHONPATH for every process started from here on."""
-    target = tmp / "compiled-package"
-    log(f"building the compiled package into {target}")
-    subprocess.run(
-        [str(REPO / "scripts" / "build_compiled"), str(target)],
-        check=True,
-        env={**os.environ, "PY": sys.executable},
-    )
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
-
-
 def seed(es_url: str, docs: int, recall_docs: int) -> None:
     asyncio.run(corpus.seed_index(es_url, corpus.INDEX, docs))
     asyncio.run(corpus.seed_index(es_url, phases.RECALL_INDEX, recall_docs))
@@ -234,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         try:
             if not args.pure:
-                use_compiled_package(Path(tmp))
+                log("building the compiled package")
+                services.use_compiled_package(Path(tmp))
             results = measure(args, use_wrk, use_nginx, Path(tmp))
         except KeyboardInterrupt:
             print("interrupted: every process stopped", file=sys.stderr)
@@ -252,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     results["command"] = reproduce_command(argv)
     print()
     print(report.render(results))
-    out = REPO / args.json if not Path(args.json).is_absolute() else Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = report.save(results, args.json, REPO)
     print(f"\nSaved {out}. Reproduce with:\n  {results['command']}")
     return 0
 

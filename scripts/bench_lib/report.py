@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 TARGETS_DOC = {
@@ -143,3 +145,11 @@ def render(results: Mapping[str, Any]) -> str:
         targets_table(results["targets"]),
     ]
     return "\n".join(parts)
+
+
+def save(results: Mapping[str, Any], path: str, repo: Path) -> Path:
+    """`results` as indented JSON at `path` (relative to the repository unless absolute); returns where."""
+    out = Path(path) if Path(path).is_absolute() else repo / path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return out

@@ -1,0 +1,144 @@
+"""scripts/bench_lib/wire.py (packets into a search's parts) and a smoke test of scripts/bench_wire.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+CLIENT, PROXY, WINDOW, MODEL = 50000, 8080, 9200, 8000
+POOL = 50001  # the proxy's own connections upstream
+
+
+@pytest.fixture(scope="module")
+def wire() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from bench_lib import wire
+
+        yield wire
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "1764417600.123456 IP 127.0.0.1.50000 > 127.0.0.1.8080: Flags [P.], seq 1:201, ack 1, "
+            "win 512, options [nop,nop,TS val 1 ecr 2], length 200: HTTP: POST /papers/_search HTTP/1.1",
+            (1764417600.123456, 50000, 8080),
+        ),
+        # an ack carries no data: it says nothing about when either side worked
+        ("1764417600.2 IP 127.0.0.1.8080 > 127.0.0.1.50000: Flags [.], ack 201, win 512, length 0", None),
+        ("tcpdump: verbose output suppressed, use -v[v]... for full protocol decode", None),
+        ("1764417600.2 IP6 ::1.50000 > ::1.8080: Flags [P.], seq 1:201, ack 1, length 200", None),
+    ],
+)
+def test_parse_line_keeps_loopback_packets_that_carry_data(
+    wire: ModuleType, line: str, expected: tuple[float, int, int] | None
+) -> None:
+    packet = wire.parse_line(line)
+    assert (packet and (packet.time_s, packet.source_port, packet.destination_port)) == expected
+
+
+def packets(wire: ModuleType, *rows: tuple[float, int, int]) -> list[object]:
+    return [wire.Packet(t, source, destination) for t, source, destination in rows]
+
+
+def test_exchanges_split_each_connection_at_its_next_request(wire: ModuleType) -> None:
+    stream = packets(
+        wire,
+        (1.0, CLIENT, WINDOW),
+        (1.1, CLIENT, WINDOW),  # the body, a second packet of the same request
+        (1.5, WINDOW, CLIENT),
+        (1.6, WINDOW, CLIENT),
+        (2.0, CLIENT, WINDOW),  # the next request on the same connection
+        (2.4, WINDOW, CLIENT),
+        (3.0, POOL, WINDOW),  # another connection, never answered: left out
+    )
+    assert wire.exchanges(stream, WINDOW, 0.0, 10.0) == [
+        wire.Exchange(1.0, 1.1, 1.5, 1.6),
+        wire.Exchange(2.0, 2.0, 2.4, 2.4),
+    ]
+    # only what started within the window of time asked for
+    assert wire.exchanges(stream, WINDOW, 1.9, 10.0) == [wire.Exchange(2.0, 2.0, 2.4, 2.4)]
+
+
+def test_search_parts_are_the_gaps_between_the_proxys_packets(wire: ModuleType) -> None:
+    stream = packets(
+        wire,
+        (10.000, CLIENT, PROXY),
+        (10.001, POOL, WINDOW),  # pre: 1 ms
+        (10.003, WINDOW, POOL),  # window: 2 ms
+        (10.007, POOL + 1, MODEL),  # mid: 4 ms
+        (10.027, MODEL, POOL + 1),  # model: 20 ms
+        (10.035, PROXY, CLIENT),  # post: 8 ms
+    )
+    (search,) = wire.search_parts(
+        wire.exchanges(stream, PROXY, 0, 99),
+        wire.exchanges(stream, WINDOW, 0, 99),
+        wire.exchanges(stream, MODEL, 0, 99),
+    )
+    parts = (search.pre, search.window, search.mid, search.model, search.post, search.own)
+    assert parts == pytest.approx((0.001, 0.002, 0.004, 0.020, 0.008, 0.013))
+
+
+def test_a_search_with_two_window_requests_is_left_out_not_guessed(wire: ModuleType) -> None:
+    stream = packets(
+        wire,
+        (1.0, CLIENT, PROXY),
+        (1.1, POOL, WINDOW),
+        (1.2, WINDOW, POOL),
+        (1.3, POOL, WINDOW),  # a second recall (a retry): which one the parts mean is unknowable
+        (1.4, WINDOW, POOL),
+        (1.5, POOL + 1, MODEL),
+        (1.6, MODEL, POOL + 1),
+        (1.7, PROXY, CLIENT),
+    )
+    client, window, model = (wire.exchanges(stream, port, 0, 99) for port in (PROXY, WINDOW, MODEL))
+    assert len(window) == 2
+    assert wire.search_parts(client, window, model) == []
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], None),
+        ([0.001], {"p50_ms": 1.0, "p90_ms": 1.0}),
+        ([i / 1000 for i in range(1, 12)], {"p50_ms": 6.0, "p90_ms": 10.0}),
+    ],
+)
+def test_summary_ms(wire: ModuleType, values: list[float], expected: dict[str, float] | None) -> None:
+    assert wire.summary_ms(values) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) -> None:
+    if shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is missing (scripts/test installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("tcpdump captures as root only")
+    out = tmp_path / "wire.json"
+    command = [sys.executable, str(SCRIPTS / "bench_wire.py"), "--pure", "--searches", "20"]
+    result = subprocess.run(
+        [*command, "--gap-ms", "5", "--json", str(out)], capture_output=True, text=True, timeout=380
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # Searches one at a time: each one's packets are told apart, none is dropped as ambiguous.
+    assert report["searches"] == report["applied"] == 20, report
+    parts = report["wire"]
+    assert all(parts[name]["p50_ms"] > 0 for name in ("pre", "window", "mid", "model", "post"))
+    # The fake model's fixed 20 ms lies in the model exchange: the proxy's own parts are measured apart.
+    assert parts["model"]["p50_ms"] >= 20
+    assert "own = pre + mid + post" in result.stdout
