@@ -188,7 +188,7 @@ def own_outside(
     return {key: (value if value >= 0 else None) for key, value in own.items()}
 
 
-def _cycling(make: Callable[[str], Request], queries: Sequence[str]) -> Callable[[int], Request]:
+def cycling(make: Callable[[str], Request], queries: Sequence[str]) -> Callable[[int], Request]:
     """Request i of an open loop: made from the queries in turn."""
     return lambda i: make(queries[i % len(queries)])
 
@@ -222,10 +222,10 @@ def rerank_path(
     offset = log_path.stat().st_size
     for turn in range(max(1, rounds)):
         chunk = queries[turn * per_round : (turn + 1) * per_round] or queries[:per_round]
-        es_samples += at_rate(es_url, _cycling(recall_search, chunk), rate, slice_s)
-        model_samples += at_rate(model_url, _cycling(lambda q: model_request(q, texts), chunk), rate, slice_s)
+        es_samples += at_rate(es_url, cycling(recall_search, chunk), rate, slice_s)
+        model_samples += at_rate(model_url, cycling(lambda q: model_request(q, texts), chunk), rate, slice_s)
         before = cpu_seconds(proxy_pid)
-        samples += at_rate(proxy_url, _cycling(client_search, chunk), rate, slice_s)
+        samples += at_rate(proxy_url, cycling(client_search, chunk), rate, slice_s)
         after = cpu_seconds(proxy_pid)
         if before is not None and after is not None:
             proxy_cpu_s += after - before

@@ -142,3 +142,17 @@ def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) 
     # The fake model's fixed 20 ms lies in the model exchange: the proxy's own parts are measured apart.
     assert parts["model"]["p50_ms"] >= 20
     assert "own = pre + mid + post" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_rates_prints_cpu_per_search_for_each_rate() -> None:
+    command = [sys.executable, str(SCRIPTS / "bench_rates.py"), "--pure", "--rates", "20,40"]
+    result = subprocess.run(
+        [*command, "--seconds", "1", "--rounds", "1"], capture_output=True, text=True, timeout=280
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if "CPU/search" in line]
+    assert [row[0] for row in rows] == ["20/s", "40/s"]
+    for row in rows:
+        assert int(row[1]) > 0 and float(row[row.index("CPU/search") + 1]) > 0, row
