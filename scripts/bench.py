@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_lib import corpus, phases, report, services
+from bench_lib import corpus, phases, report, services, wire_phase
 
 REPO = Path(__file__).resolve().parents[1]
 # (full, --quick) defaults
@@ -38,6 +38,7 @@ DEFAULTS = {
     "rerank_seconds": (20.0, 5.0),
     "soak_minutes": (5.0, 0.5),
     "memory_searches": (10_000, 3_000),
+    "wire_searches": (300, 100),
 }
 
 
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--soak-minutes", type=float, help="load after the first RSS reading (default 5, quick 0.5)"
+    )
+    parser.add_argument(
+        "--wire-searches",
+        type=int,
+        help="searches of each kind timed between packets, one at a time (default 300, quick 100; root)",
     )
     parser.add_argument(
         "--pure", action="store_true", help="run the proxy from the source, not the compiled package"
@@ -172,6 +178,13 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
         cache = phases.cache_hit_path(
             windowed.url, rerank["es_direct"], cache_queries, args.rate, args.rerank_seconds
         )
+        why_not = wire_phase.unavailable()
+        wire: dict[str, Any] = {"skipped": why_not}
+        if why_not is None:
+            log(f"rerank path on the wire: {args.wire_searches} searches of each kind, one at a time")
+            wire = wire_phase.measure(
+                window_url, model_url, windowed.url, args.wire_searches, wire_phase.GAP_S, tmp
+            )
         log(f"capacity: reranked searches/s at {args.capacity_clients} clients, instant model")
         instant = stack.enter_context(services.fake_reranker(tmp, 0.0, name="fake_reranker_instant"))
         one = stack.enter_context(services.proxy(tmp, window_url, instant, name="proxy-capacity-1"))
@@ -197,6 +210,7 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
         "passthrough": passthrough,
         "rerank": rerank,
         "cache_hit": cache,
+        "wire": wire,
         "capacity": capacity,
         "memory": memory,
     }

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import wire_phase
+
 TARGETS_DOC = {
     "throughput": "pass-through req/s at 16 clients >= 0.5 x nginx",
     "added_p50": "pass-through p50 added latency at 1 client <= 0.2 ms over direct",
@@ -134,6 +136,9 @@ def render(results: Mapping[str, Any]) -> str:
         f"{s['model_latency_ms']:g} ms, {rerank['applied_share']:.1%} reranked; proxy timings: "
         f"{rerank['timing_source'] or 'none found'})",
         rerank_table(rerank, results["cache_hit"]),
+        "",
+        "Rerank path on the wire (searches one at a time; p50 ms between the proxy's packets, tcpdump)",
+        wire_phase.render(results.get("wire", {"skipped": "not measured"})),
         "",
         f"Capacity (closed loop, {s['capacity_clients']} clients, instant model, static window)",
         capacity_table(results["capacity"]),

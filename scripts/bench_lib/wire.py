@@ -38,6 +38,9 @@ class Exchange:
         return self.answer_last - self.request_first
 
 
+PART_NAMES = ("pre", "window", "mid", "model", "post")
+
+
 @dataclass(frozen=True, slots=True)
 class SearchParts:
     """One search through the proxy, in seconds between packets."""

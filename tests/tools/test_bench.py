@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "--docs", "300", "--recall-docs", "120", "--duration", "1", "--concurrency", "1,16",
     "--rerank-seconds", "1", "--rate", "40", "--cache-queries", "20",
-    "--memory-searches", "150", "--soak-minutes", "0.05",
+    "--memory-searches", "150", "--soak-minutes", "0.05", "--wire-searches", "10",
     # A model budget no load reaches: "applied" then tests the rerank path, not this machine's speed.
     "--model-budget-ms", "60000",
 ]  # fmt: skip
@@ -43,4 +43,8 @@ def test_bench_runs_every_phase_and_saves_the_report(tmp_path: Path) -> None:
     assert report["cache_hit"]["client"]["p50_ms"] > 0
     assert report["memory"]["rss_after_searches_mb"] > 0
     assert report["memory"]["searches"] >= 150
+    # Between packets where tcpdump can capture (root), else skipped with the reason.
+    wire = report["wire"]
+    assert wire.get("skipped") or (wire["searches"] > 0 and wire["wire"]["own"]["p50_ms"] > 0), wire
+    assert "Rerank path on the wire" in result.stdout
     assert "Targets" in result.stdout and "Reproduce with" in result.stdout
