@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not args.pure:
                 log("building the compiled package")
-                services.use_compiled_package(Path(tmp))
+            build = services.proxy_build(Path(tmp), args.pure)
             results = measure(args, use_wrk, use_nginx, Path(tmp))
         except KeyboardInterrupt:
             print("interrupted: every process stopped", file=sys.stderr)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"] = {
         **{k: v for k, v in vars(args).items() if k != "json"},
         "load_tool": "wrk" if use_wrk else "aiohttp (wrk not installed)",
-        "proxy_build": "source" if args.pure else "compiled (mypyc)",
+        "proxy_build": build,
         "nginx": use_nginx,
         "window": phases.WINDOW,
         "duration_s": args.duration,

@@ -12,15 +12,15 @@ results: docs/PERFORMANCE.md, "On the wire".
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_lib import corpus, phases, services
+
+WARM_UP = 100
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,37 +35,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def measure_rate(proxy: services.Proxy, rate: float, queries: list[str], seconds: float) -> str:
+    """One open-loop slice of distinct searches at `rate`: its line of the report."""
+    before = phases.cpu_seconds(proxy.pid)
+    samples = phases.at_rate(proxy.url, phases.cycling(phases.client_search, queries), rate, seconds)
+    after = phases.cpu_seconds(proxy.pid)
+    own = [v for v in map(phases.header_own_ms, samples) if v is not None]
+    cpu = None
+    if before is not None and after is not None:
+        cpu = round((after - before) * 1000 / len(samples), 2)
+    own_summary = phases.summarize(own)
+    own_p50 = round(own_summary["p50_ms"], 3) if own_summary else None
+    searches = len(samples)
+    return f"{rate:6.0f}/s  {searches:5d} searches  CPU/search {cpu} ms  Server-Timing own p50 {own_p50} ms"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rates = [float(rate) for rate in args.rates.split(",")]
-    with tempfile.TemporaryDirectory(prefix="bench-rates-") as tmp, ExitStack() as stack:
-        if not args.pure:
-            services.use_compiled_package(Path(tmp))
-        window_url = stack.enter_context(services.static_window(Path(tmp)))
-        model_url = stack.enter_context(services.fake_reranker(Path(tmp), args.model_latency_ms))
-        proxy = stack.enter_context(services.proxy(Path(tmp), window_url, model_url, name="proxy-window"))
-        total = round(sum(rates) * args.seconds * args.rounds) + 100
-        queries = iter(corpus.queries(total + 1000, 11))
-        phases.top_up(proxy.url, [next(queries) for _ in range(100)])  # connections open, code loaded
-        print(f"Proxy: {'source' if args.pure else 'compiled (mypyc)'}")
-        for _ in range(args.rounds):
-            for rate in rates:
-                chunk = [next(queries) for _ in range(round(rate * args.seconds) + 1)]
-                before = phases.cpu_seconds(proxy.pid)
-                samples = phases.at_rate(
-                    proxy.url, phases.cycling(phases.client_search, chunk), rate, args.seconds
-                )
-                after = phases.cpu_seconds(proxy.pid)
-                own = [v for v in map(phases.header_own_ms, samples) if v is not None]
-                cpu = None
-                if before is not None and after is not None:
-                    cpu = (after - before) * 1000 / len(samples)
-                print(
-                    f"{rate:6.0f}/s  {len(samples):5d} searches  CPU/search "
-                    f"{cpu if cpu is None else round(cpu, 2)} ms  Server-Timing own p50 "
-                    f"{round(statistics.median(own), 3) if own else None} ms",
-                    flush=True,
-                )
+    slices = [round(rate * args.seconds) + 1 for rate in rates]  # searches per slice, one spare
+    with tempfile.TemporaryDirectory(prefix="bench-rates-") as tmp:
+        build = services.proxy_build(Path(tmp), args.pure)
+        with services.windowed_proxy(Path(tmp), args.model_latency_ms) as (_, _, proxy):
+            queries = iter(corpus.queries(WARM_UP + sum(slices) * args.rounds, 11))
+            phases.top_up(proxy.url, [next(queries) for _ in range(WARM_UP)])  # connections open, code loaded
+            print(f"Proxy: {build}")
+            for _ in range(args.rounds):
+                for rate, size in zip(rates, slices, strict=True):
+                    chunk = [next(queries) for _ in range(size)]
+                    print(measure_rate(proxy, rate, chunk, args.seconds), flush=True)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,16 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     if why_not is not None:
         print(f"cannot capture packets: {why_not}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp, ExitStack() as stack:
-        if not args.pure:
-            services.use_compiled_package(Path(tmp))
-        window_url = stack.enter_context(services.static_window(Path(tmp)))
-        model_url = stack.enter_context(services.fake_reranker(Path(tmp), args.model_latency_ms))
-        proxy = stack.enter_context(services.proxy(Path(tmp), window_url, model_url, name="proxy-window"))
-        results = wire_phase.measure(
-            window_url, model_url, proxy.url, args.searches, args.gap_ms / 1000, Path(tmp)
-        )
-    build = "source" if args.pure else "compiled (mypyc)"
+    with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp:
+        build = services.proxy_build(Path(tmp), args.pure)
+        with services.windowed_proxy(Path(tmp), args.model_latency_ms) as (window_url, model_url, proxy):
+            results = wire_phase.measure(
+                window_url, model_url, proxy.url, args.searches, args.gap_ms / 1000, Path(tmp)
+            )
     results["settings"] = {**{k: v for k, v in vars(args).items() if k != "json"}, "proxy_build": build}
     print(f"Proxy: {build}; {results['searches']} searches one at a time, {results['applied']} reranked")
     print("On the wire (p50 ms between packets):")

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,9 +192,12 @@ def front(tmp: Path, es_url: str, proxy_urls: list[str]) -> Iterator[str]:
         yield url
 
 
-def use_compiled_package(tmp: Path) -> None:
-    """Build the package as the Dockerfile ships it (compiled with mypyc, about a minute) into `tmp` and put
-    it first on PYTHONPATH for every process started from here on."""
+def proxy_build(tmp: Path, pure: bool) -> str:
+    """The build every proxy started from here on runs, by name for the report: the source with `pure`,
+    else the package as the Dockerfile ships it, compiled with mypyc (about a minute) into `tmp` and put
+    first on PYTHONPATH."""
+    if pure:
+        return "source"
     target = tmp / "compiled-package"
     subprocess.run(
         [str(SCRIPTS / "build_compiled"), str(target)],
@@ -202,3 +205,15 @@ def use_compiled_package(tmp: Path) -> None:
         env={**os.environ, "PY": sys.executable},
     )
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(target), os.environ.get("PYTHONPATH"))))
+    return "compiled (mypyc)"
+
+
+@contextmanager
+def windowed_proxy(tmp: Path, model_latency_ms: float) -> Iterator[tuple[str, str, Proxy]]:
+    """(window URL, model URL, proxy): the static window, the fake reranker with a fixed latency, and a
+    proxy recalling from the one and scoring with the other, as in bench.py's rerank phase."""
+    with ExitStack() as stack:
+        window_url = stack.enter_context(static_window(tmp))
+        model_url = stack.enter_context(fake_reranker(tmp, model_latency_ms))
+        windowed = stack.enter_context(proxy(tmp, window_url, model_url, name="proxy-window"))
+        yield window_url, model_url, windowed

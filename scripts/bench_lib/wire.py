@@ -9,9 +9,10 @@ byte to the model request (`mid`), from the model's last byte to the answer (`po
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from .load import percentile
 
 # `1764417600.123456 IP 127.0.0.1.41234 > 127.0.0.1.9200: Flags [P.], seq 1:200, ..., length 199`
 _LINE = re.compile(r"^(\d+\.\d+) IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+): .*\blength (\d+)")
@@ -121,9 +122,7 @@ def search_parts(
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float] | None:
-    """p50 and p90 of seconds, in ms; None for no values."""
+    """p50 and p90 (nearest rank, as bench.py's) of seconds, in ms; None for no values."""
     if not values:
         return None
-    ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 3), "p90_ms": round(p90 * 1000, 3)}
+    return {f"p{pct}_ms": round(percentile(values, pct) * 1000, 3) for pct in (50, 90)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -44,9 +43,10 @@ async def one_at_a_time(
     return samples
 
 
-def _client_ms(samples: list[load.Sample]) -> float | None:
-    ok = [s.latency_ms for s in samples if s.status == 200]
-    return round(statistics.median(ok), 3) if ok else None
+def _p50_ms(summary: Mapping[str, float | None] | None) -> float | None:
+    """The p50 of one of bench.py's summaries (`phases.summarize`, `phases.own_outside`), if any."""
+    value = summary.get("p50_ms") if summary else None
+    return None if value is None else round(value, 3)
 
 
 def _capture(ports: list[int], out: Path) -> subprocess.Popen[bytes]:
@@ -104,14 +104,15 @@ def measure(
         wire.exchanges(packets, port["model"], marks[2], marks[3]),
     )
     own_header = [v for v in map(phases.header_own_ms, proxied) if v is not None]
-    through, window, model = (_client_ms(proxied), _client_ms(straight_window), _client_ms(straight_model))
-    outside = None
-    if through is not None and window is not None and model is not None:
-        outside = round(through - window - model, 3)
+    # bench.py's own figures for the same searches: its p50s, and its outside subtraction
+    through, window, model = (
+        phases.summarize(phases.latencies(samples)) for samples in (proxied, straight_window, straight_model)
+    )
+    outside = phases.own_outside(through, window, model)
     client = {
-        "through_proxy_ms": through,
-        "window_straight_ms": window,
-        "model_straight_ms": model,
+        "through_proxy_ms": _p50_ms(through),
+        "window_straight_ms": _p50_ms(window),
+        "model_straight_ms": _p50_ms(model),
         "through_proxy_wire": wire.summary_ms([e.span_s for e in through_proxy]),
         "window_straight_wire": wire.summary_ms([e.span_s for e in window_alone]),
         "model_straight_wire": wire.summary_ms([e.span_s for e in model_alone]),
@@ -123,8 +124,8 @@ def measure(
         "wire": {name: wire.summary_ms([getattr(p, name) for p in parts]) for name in wire.PART_NAMES}
         | {"own": wire.summary_ms([p.own for p in parts])},
         "client": client,
-        "own_outside_ms": outside,
-        "own_server_timing_ms": round(statistics.median(own_header), 3) if own_header else None,
+        "own_outside_ms": _p50_ms(outside),
+        "own_server_timing_ms": _p50_ms(phases.summarize(own_header)),
     }
 
 
