@@ -13,6 +13,7 @@ import os
 import runpy
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,13 @@ EXPECT_COMPILED = os.environ.get("ES_RERANK_PROXY_EXPECT_COMPILED") == "1"
 
 
 @cache
+def setup_listing() -> dict[str, Any]:
+    """setup.py's names, read without running setup() (it only runs as __main__)."""
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="setup_listing")
+
+
 def compiled_modules() -> tuple[str, ...]:
-    """setup.py's list, read without running setup() (it only runs as __main__)."""
-    listed = runpy.run_path(str(ROOT / "setup.py"), run_name="setup_listing")["COMPILED_MODULES"]
+    listed = setup_listing()["COMPILED_MODULES"]
     assert isinstance(listed, tuple)
     return listed
 
@@ -52,10 +57,9 @@ def test_this_pass_imports_the_build_it_claims(path: str) -> None:
 
 def test_without_the_variable_setup_builds_no_extension() -> None:
     """A development install (`pip install -e .`) must keep running the source the developer edits."""
-    listing = runpy.run_path(str(ROOT / "setup.py"), run_name="setup_listing")
     saved = os.environ.pop("ES_RERANK_PROXY_COMPILE", None)
     try:
-        assert listing["_ext_modules"]() == []
+        assert setup_listing()["_ext_modules"]() == []
     finally:
         if saved is not None:
             os.environ["ES_RERANK_PROXY_COMPILE"] = saved
