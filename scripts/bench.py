@@ -182,8 +182,9 @@ def measure(args: argparse.Namespace, use_wrk: bool, use_nginx: bool, tmp: Path)
         wire: dict[str, Any] = {"skipped": why_not}
         if why_not is None:
             log(f"rerank path on the wire: {args.wire_searches} searches of each kind, one at a time")
+            floor_url = stack.enter_context(services.floor(tmp, window_url, model_url))
             wire = wire_phase.measure(
-                window_url, model_url, windowed.url, args.wire_searches, wire_phase.GAP_S, tmp
+                window_url, model_url, windowed.url, args.wire_searches, wire_phase.GAP_S, tmp, floor_url
             )
         log(f"capacity: reranked searches/s at {args.capacity_clients} clients, instant model")
         instant = stack.enter_context(services.fake_reranker(tmp, 0.0, name="fake_reranker_instant"))

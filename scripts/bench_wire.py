@@ -1,15 +1,16 @@
 """The rerank path on the wire: where each millisecond of a reranked search goes, from packet timestamps.
 
-    sudo .venv/bin/python scripts/bench_wire.py             # about 2 minutes; tcpdump needs root
+    sudo .venv/bin/python scripts/bench_wire.py             # about 3 minutes; tcpdump needs root
     .venv/bin/python scripts/bench_wire.py --pure           # the source instead of the compiled package
 
 Starts the static 100-hit window, the fake reranker with a fixed latency and the proxy, each its own
 process, and captures their loopback packets with tcpdump while searches go one at a time (a gap between
 them, so every packet belongs to one search): straight to the window, straight to the model, then through
-the proxy. It prints the proxy's own time between packets (`pre`, `mid`, `post`; bench_lib/wire.py), next
-to the figures bench.py computes from the client's side and the proxy's `Server-Timing` header, for the
-same searches. bench.py runs the same phase at the end of its rerank figures. Method and results:
-docs/PERFORMANCE.md, "On the wire".
+the proxy, then through the floor (scripts/bench_floor.py: the proxy's search functions with the least
+plumbing). It prints the proxy's own time between packets (`pre`, `mid`, `post`; bench_lib/wire.py) beside
+the floor's, and the figures bench.py computes from the client's side and the proxy's `Server-Timing`
+header for the same searches. bench.py runs the same phase at the end of its rerank figures. Method and
+results: docs/PERFORMANCE.md, "On the wire".
 """
 
 from __future__ import annotations
@@ -48,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-wire-") as tmp:
         build = services.proxy_build(Path(tmp), args.pure)
-        with services.windowed_proxy(Path(tmp), args.model_latency_ms) as (window_url, model_url, proxy):
+        with (
+            services.windowed_proxy(Path(tmp), args.model_latency_ms) as (window_url, model_url, proxy),
+            services.floor(Path(tmp), window_url, model_url) as floor_url,
+        ):
             results = wire_phase.measure(
-                window_url, model_url, proxy.url, args.searches, args.gap_ms / 1000, Path(tmp)
+                window_url, model_url, proxy.url, args.searches, args.gap_ms / 1000, Path(tmp), floor_url
             )
     results["settings"] = {**{k: v for k, v in vars(args).items() if k != "json"}, "proxy_build": build}
     print(f"Proxy: {build}; {results['searches']} searches one at a time, {results['applied']} reranked")

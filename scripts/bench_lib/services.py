@@ -124,6 +124,21 @@ def proxy(
         yield Proxy(f"http://127.0.0.1:{port}", admin_url, child.pid, log_path)
 
 
+@contextmanager
+def floor(tmp: Path, es_url: str, reranker_url: str) -> Iterator[str]:
+    """scripts/bench_floor.py with the config `proxy` writes: the rerank path's baseline (wire phase)."""
+    port = free_port()
+    config_path = tmp / "floor.yaml"
+    config_path.write_text(yaml.safe_dump(proxy_config(es_url, reranker_url, port, free_port())))
+    script = str(SCRIPTS / "bench_floor.py")
+    command = [sys.executable, script, "--port", str(port), "--config", str(config_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_RERANK_PROXY_")}
+    with process(command, tmp / "floor.log", env) as child:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/", process=child)
+        yield url
+
+
 NGINX_CONF = """\
 # A plain production-style keep-alive reverse proxy to Elasticsearch, the baseline for the proxy.
 # One worker: the proxy is one asyncio process, and the 2 cores are shared with Elasticsearch and the

@@ -62,16 +62,25 @@ def _capture(ports: list[int], out: Path) -> subprocess.Popen[bytes]:
 
 
 def measure(
-    window_url: str, model_url: str, proxy_url: str, searches: int, gap_s: float, tmp: Path
+    window_url: str,
+    model_url: str,
+    proxy_url: str,
+    searches: int,
+    gap_s: float,
+    tmp: Path,
+    floor_url: str | None = None,
 ) -> dict[str, Any]:
-    """`searches` each straight to the window, straight to the model, then through the proxy, one at a
-    time `gap_s` apart; the proxy's parts between packets, and bench.py's figures for the same searches."""
+    """`searches` each straight to the window, straight to the model, then through the proxy (and then
+    through the floor, scripts/bench_floor.py, when given), one at a time `gap_s` apart; the proxy's parts
+    between packets, the floor's, and bench.py's figures for the same searches."""
     port = {name: int(url.rsplit(":", 1)[1]) for name, url in
             (("window", window_url), ("model", model_url), ("proxy", proxy_url))}  # fmt: skip
+    if floor_url is not None:
+        port["floor"] = int(floor_url.rsplit(":", 1)[1])
     dump = tmp / "packets.txt"
     tcpdump = _capture(list(port.values()), dump)
     try:
-        queries = corpus.queries(3 * searches + WARM_UP, 7)
+        queries = corpus.queries(4 * searches + WARM_UP, 7)
         texts = phases.model_texts()
         asyncio.run(one_at_a_time(proxy_url, lambda i: phases.client_search(queries[i]), WARM_UP, gap_s))
         rest = queries[WARM_UP:]
@@ -90,6 +99,15 @@ def measure(
             one_at_a_time(proxy_url, lambda i: phases.client_search(rest[2 * searches + i]), searches, gap_s)
         )
         marks.append(time.time())
+        if floor_url is not None:
+            asyncio.run(one_at_a_time(floor_url, lambda i: phases.client_search(queries[i]), WARM_UP, gap_s))
+            marks.append(time.time())
+            asyncio.run(
+                one_at_a_time(
+                    floor_url, lambda i: phases.client_search(rest[3 * searches + i]), searches, gap_s
+                )
+            )
+            marks.append(time.time())
         time.sleep(0.5)  # the last packets reach the dump
     finally:
         tcpdump.terminate()
@@ -103,6 +121,13 @@ def measure(
         wire.exchanges(packets, port["window"], marks[2], marks[3]),
         wire.exchanges(packets, port["model"], marks[2], marks[3]),
     )
+    floor_parts = None
+    if floor_url is not None:
+        floor_parts = wire.search_parts(
+            wire.exchanges(packets, port["floor"], marks[4], marks[5]),
+            wire.exchanges(packets, port["window"], marks[4], marks[5]),
+            wire.exchanges(packets, port["model"], marks[4], marks[5]),
+        )
     own_header = [v for v in map(phases.header_own_ms, proxied) if v is not None]
     # bench.py's own figures for the same searches: its p50s, and its outside subtraction
     through, window, model = (
@@ -117,16 +142,31 @@ def measure(
         "window_straight_wire": wire.summary_ms([e.span_s for e in window_alone]),
         "model_straight_wire": wire.summary_ms([e.span_s for e in model_alone]),
     }
+    on_wire = _wire_summary(parts)
     return {
         "searches": len(parts),
         "applied": sum(1 for s in proxied if s.headers.get("X-Rerank") == "applied"),
         "gap_ms": gap_s * 1000,
-        "wire": {name: wire.summary_ms([getattr(p, name) for p in parts]) for name in wire.PART_NAMES}
-        | {"own": wire.summary_ms([p.own for p in parts])},
+        "wire": on_wire,
+        "floor": None if floor_parts is None else _floor(on_wire, floor_parts),
         "client": client,
         "own_outside_ms": _p50_ms(outside),
         "own_server_timing_ms": _p50_ms(phases.summarize(own_header)),
     }
+
+
+def _wire_summary(parts: list[wire.SearchParts]) -> dict[str, dict[str, float] | None]:
+    summary = {name: wire.summary_ms([getattr(p, name) for p in parts]) for name in wire.PART_NAMES}
+    return summary | {"own": wire.summary_ms([p.own for p in parts])}
+
+
+def _floor(proxy: Mapping[str, Any], parts: list[wire.SearchParts]) -> dict[str, Any]:
+    """The floor's parts, and the proxy's own p50 over the floor's: what the proxy's plumbing costs."""
+    floor = _wire_summary(parts)
+    ratio = None
+    if proxy["own"] and floor["own"] and floor["own"]["p50_ms"] > 0:
+        ratio = round(proxy["own"]["p50_ms"] / floor["own"]["p50_ms"], 2)
+    return {"searches": len(parts), "wire": floor, "own_ratio": ratio}
 
 
 def render(results: Mapping[str, Any]) -> str:
@@ -142,14 +182,29 @@ def render(results: Mapping[str, Any]) -> str:
         return "-" if value is None else f"{value:.3f}"
 
     own = parts["own"]
-    lines = [
-        f"  pre  (request in -> window request out)     {p50(parts['pre'])}",
-        f"  window exchange                             {p50(parts['window'])}",
-        f"  mid  (window in -> model request out)       {p50(parts['mid'])}",
-        f"  model exchange                              {p50(parts['model'])}",
-        f"  post (model answer in -> answer out)        {p50(parts['post'])}",
-        f"  own = pre + mid + post                      {p50(own)}"
-        + (f"   (p90 {own['p90_ms']:.3f})" if own else ""),
+    floor = results.get("floor")
+    rows = (
+        ("pre  (request in -> window request out)", "pre"),
+        ("window exchange", "window"),
+        ("mid  (window in -> model request out)", "mid"),
+        ("model exchange", "model"),
+        ("post (model answer in -> answer out)", "post"),
+        ("own = pre + mid + post", "own"),
+    )
+    lines = [f"  {'':42s}{'proxy':>8s}" + (f"{'floor':>9s}" if floor else "")]
+    for label, name in rows:
+        line = f"  {label:42s}{p50(parts[name]):>8s}"
+        if floor:
+            line += f"{p50(floor['wire'][name]):>9s}"
+        lines.append(line)
+    if own:
+        lines.append(f"  {'own p90':42s}{own['p90_ms']:8.3f}")
+    if floor:
+        lines.append(
+            f"  the proxy's own time is {floor['own_ratio']} x the floor's (scripts/bench_floor.py: its"
+            " search functions, the least plumbing)"
+        )
+    lines += [
         f"  the same searches: outside {ms(results['own_outside_ms'])}, "
         f"Server-Timing {ms(results['own_server_timing_ms'])}",
         "  the bench client's p50, and the same exchanges on the wire:",

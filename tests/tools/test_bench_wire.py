@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,14 +20,21 @@ POOL = 50001  # the proxy's own connections upstream
 
 
 @pytest.fixture(scope="module")
-def wire() -> Iterator[ModuleType]:
+def bench_lib() -> Iterator[ModuleType]:
+    """scripts/bench_lib, with its modules loaded as the package's attributes."""
     sys.path.insert(0, str(SCRIPTS))
     try:
-        from bench_lib import wire
+        import bench_lib
+        from bench_lib import phases, services, wire  # noqa: F401
 
-        yield wire
+        yield bench_lib
     finally:
         sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope="module")
+def wire(bench_lib: ModuleType) -> ModuleType:
+    return bench_lib.wire
 
 
 @pytest.mark.parametrize(
@@ -142,6 +150,45 @@ def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) 
     # The fake model's fixed 20 ms lies in the model exchange: the proxy's own parts are measured apart.
     assert parts["model"]["p50_ms"] >= 20
     assert "own = pre + mid + post" in result.stdout
+    # The floor's searches are measured the same way, beside the proxy's, and compared.
+    floor = report["floor"]
+    assert floor["searches"] == 20 and floor["wire"]["model"]["p50_ms"] >= 20
+    assert floor["own_ratio"] > 0
+    assert "x the floor's" in result.stdout
+
+
+def _post(url: str, body: bytes) -> dict[str, object]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_floor_answers_the_page_the_proxy_answers(tmp_path: Path, bench_lib: ModuleType) -> None:
+    # The wire phase's baseline is only a floor for the proxy if it does the same search work: the same
+    # window cut to the same page, in the same order, with the same scores.
+    services, phases = bench_lib.services, bench_lib.phases
+    with (
+        services.windowed_proxy(tmp_path, 0.0) as (window_url, model_url, proxy),
+        services.floor(tmp_path, window_url, model_url) as floor_url,
+    ):
+        for query in ("protein folding", "climate model uncertainty"):
+            body = phases.search_body(query, 7)
+            path = f"/{phases.RECALL_INDEX}/_search"
+            proxied, floored = _post(proxy.url + path, body), _post(floor_url + path, body)
+            proxied_hits = proxied["hits"]["hits"]  # type: ignore[index]
+            floored_hits = floored["hits"]["hits"]  # type: ignore[index]
+            assert [h["_id"] for h in floored_hits] == [h["_id"] for h in proxied_hits]
+            assert [h["_score"] for h in floored_hits] == pytest.approx(
+                [h["_score"] for h in proxied_hits], rel=1e-9
+            )
+            assert [h["_source"] for h in floored_hits] == [h["_source"] for h in proxied_hits]
+            assert len(floored_hits) == 7
+            assert {k: v for k, v in floored.items() if k != "hits"} == {
+                k: v for k, v in proxied.items() if k != "hits"
+            }
 
 
 @pytest.mark.slow
