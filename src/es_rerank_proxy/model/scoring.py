@@ -95,7 +95,10 @@ class ScorerStats:
 
 
 # model_key, query, doc_id, text digest: also the key of a document within one call and its flight.
-_CacheKey = tuple[str, str, str, bytes]
+# model_key, query, doc_id, and `hash()` of the document's text: the local cache lives in one process, so
+# Python's per-process string hash names the text (a sixth of blake2b's cost, and every search computes
+# twenty); the shared cache's keys, read by every replica, take the blake2b digest (`_shared_key`).
+_CacheKey = tuple[str, str, str, int]
 _FlightKey = tuple[str, str, frozenset[_CacheKey]]  # model_key, query, documents to score
 
 
@@ -107,8 +110,11 @@ class _Flight:
     last_error: RerankerError | None = None
 
 
-def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+def _shared_key(prefix: str, key: _CacheKey, text: str) -> bytes:
+    """The shared cache's key for a local key and its document's text."""
+    model_key, query, doc_id, _ = key
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+    return shared_key(prefix, model_key, query, doc_id, digest)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -175,7 +181,7 @@ class Scorer:
         started = self._clock()
         deadline = Deadline(budget_s, self._clock)
         model_key = self._model_key
-        keys: list[_CacheKey] = [(model_key, query, doc.doc_id, _digest(doc.text)) for doc in docs]
+        keys: list[_CacheKey] = [(model_key, query, doc.doc_id, hash(doc.text)) for doc in docs]
         scores: dict[int, float] = {}
         missing: dict[_CacheKey, str] = {}  # unique documents to send, in first-seen order
         pending: list[int] = []
@@ -249,7 +255,7 @@ class Scorer:
         wanted = list(missing)
         prefix = self._shared.prefix
         found = await self._shared.get_many(
-            [shared_key(prefix, *key) for key in wanted],
+            [_shared_key(prefix, key, missing[key]) for key in wanted],
             deadline.remaining(),
         )
         known: dict[_CacheKey, float] = {}
@@ -290,7 +296,7 @@ class Scorer:
         if self._shared is not None:
             prefix = self._shared.prefix
             self._shared.put_many(
-                [(shared_key(prefix, *key), value) for key, value in fresh.items()],
+                [(_shared_key(prefix, key, missing[key]), value) for key, value in fresh.items()],
                 self._cfg.cache.ttl_s,
             )
         return fresh
