@@ -12,7 +12,8 @@ import aiohttp
 import orjson
 import pytest
 
-from es_rerank_proxy.config import RerankerConfig
+from es_rerank_proxy import http1
+from es_rerank_proxy.config import BreakerConfig, RerankerConfig
 from es_rerank_proxy.errors import RerankerBadResponse, RerankerTimeout, RerankerUnavailable
 from es_rerank_proxy.model.model_server import ModelServerBadResponse, ModelServerUnavailable, parse_error
 from es_rerank_proxy.model.reranker import (
@@ -22,6 +23,7 @@ from es_rerank_proxy.model.reranker import (
     format_qwen3_query,
     parse_scores,
 )
+from es_rerank_proxy.model.scoring import ScoreDoc, Scorer
 
 from ..fakes.fake_reranker import (
     FakeReranker,
@@ -32,6 +34,7 @@ from ..fakes.fake_reranker import (
     start_fake_reranker,
 )
 from .chain import wrapped_error
+from .test_scoring import until
 
 PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -458,6 +461,27 @@ async def test_hang_times_out_quickly(fake: FakeReranker, session: aiohttp.Clien
     assert time.monotonic() - started < 5, "at the timeout (the fake hangs forever), with slack for load"
     assert isinstance(wrapped_error(info.value), asyncio.TimeoutError)
     assert info.value.reason == "timeout"
+
+
+@pytest.mark.parametrize("transport", ["http1", "aiohttp"])
+async def test_a_scorer_stops_a_hung_call_at_the_clients_own_timeout(
+    fake: FakeReranker, session: aiohttp.ClientSession, transport: str
+) -> None:
+    # The scorer puts no timer of its own around a RerankerClient's call: the client's timeout (the
+    # search's budget) is what ends a call to a hung server, long before the cache-fill grace would.
+    fake.faults.hang = True
+    model_session = http1.Client(limit=4) if transport == "http1" else session
+    cfg = make_cfg(fake.url, breaker=BreakerConfig(failures=1))
+    scorer = Scorer(RerankerClient(model_session, cfg, INSTRUCTION), cfg, model_key="k", fill_grace_s=60.0)
+    try:
+        outcome = await scorer.score("q", [ScoreDoc(doc_id="a", text="text of a")], 0.2)
+        assert outcome.reason == "timeout"
+        await until(lambda: scorer.in_flight == 0, timeout_s=30.0)  # cut off long before the 60 s grace
+        assert scorer.breaker_states() == {fake.url: "open"}, "the hung call counted as a failure"
+    finally:
+        await scorer.aclose()
+        if isinstance(model_session, http1.Client):
+            model_session.close()
 
 
 async def test_latency_within_timeout_succeeds_and_beyond_times_out(
