@@ -116,18 +116,14 @@ def measure(
     window_alone = wire.exchanges(packets, port["window"], marks[0], marks[1])
     model_alone = wire.exchanges(packets, port["model"], marks[1], marks[2])
     through_proxy = wire.exchanges(packets, port["proxy"], marks[2], marks[3])
-    parts = wire.search_parts(
-        through_proxy,
-        wire.exchanges(packets, port["window"], marks[2], marks[3]),
-        wire.exchanges(packets, port["model"], marks[2], marks[3]),
-    )
-    floor_parts = None
-    if floor_url is not None:
-        floor_parts = wire.search_parts(
-            wire.exchanges(packets, port["floor"], marks[4], marks[5]),
-            wire.exchanges(packets, port["window"], marks[4], marks[5]),
-            wire.exchanges(packets, port["model"], marks[4], marks[5]),
-        )
+
+    def searches_through(front: str, start: float, end: float) -> list[wire.SearchParts]:
+        """The parts of each search sent to `front` ("proxy" or "floor") between two marks."""
+        exchanges = (wire.exchanges(packets, port[name], start, end) for name in (front, "window", "model"))
+        return wire.search_parts(*exchanges)
+
+    parts = searches_through("proxy", marks[2], marks[3])
+    floor_parts = None if floor_url is None else searches_through("floor", marks[4], marks[5])
     own_header = [v for v in map(phases.header_own_ms, proxied) if v is not None]
     # bench.py's own figures for the same searches: its p50s, and its outside subtraction
     through, window, model = (
