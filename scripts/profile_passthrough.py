@@ -1,7 +1,8 @@
-"""Profile the proxy's pass-through with py-spy while wrk forwards `_doc` GETs through it, beside nginx.
+"""Profile the proxy's pass-through with py-spy while wrk sends `_doc` GETs through it, beside nginx.
 
     .venv/bin/python -m pip install py-spy        # or: pip install -e '.[profile]'
     .venv/bin/python scripts/profile_passthrough.py --connections 16 --seconds 6
+    .venv/bin/python scripts/profile_passthrough.py --requests search   # searches it bypasses instead
 
 Starts noida-db (seeded), nginx (the bench's baseline) and the proxy (`python -m es_rerank_proxy
 serve`), each its own process. For each, wrk runs for `--seconds`; the CPU each spends per request
@@ -72,6 +73,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, default=Path("artifacts/passthrough.pyspy.txt"))
+    parser.add_argument(
+        "--requests",
+        choices=("doc", "search"),
+        default="doc",
+        help="doc: `_doc` GETs (the fast lane's forward); search: searches the proxy bypasses (`sort`)",
+    )
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists() or shutil.which("wrk") is None or shutil.which("nginx") is None:
@@ -81,10 +88,11 @@ def main() -> None:
         tmp = Path(name)
         with services.noida(tmp / "noida") as es:
             asyncio.run(corpus.seed_index(es, corpus.INDEX, 2000))
+            asyncio.run(corpus.seed_index(es, phases.RECALL_INDEX, 300))
             with services.fake_reranker(tmp, 20) as model, services.proxy(tmp, es, model) as proxy:
                 with services.nginx(tmp, es) as nginx:
                     master = psutil.Process(int((tmp / "nginx.pid").read_text()))
-                    paths = phases.doc_paths(2000)
+                    paths = phases.doc_paths(2000) if args.requests == "doc" else phases.search_paths()
                     measure("nginx", nginx, [child.pid for child in master.children()], paths, args, tmp)
                     measure("proxy", proxy.url, [proxy.pid], paths, args, tmp)
                 record = [py_spy, "record", "--pid", str(proxy.pid), "--duration", str(args.seconds)]
