@@ -15,14 +15,17 @@ import os
 
 from setuptools import setup
 
-# The modules a search or a pass-through runs, under src/es_rerank_proxy. Not compiled: those mypyc cannot
-# (async generators: edge/upstream.py, http1/connection.py; a subclass of aiohttp's slotted protocol:
-# edge/listener.py), and whatever runs once or off the request path (config, cli, admin, tools).
+# The modules a search or a pass-through runs, under src/es_rerank_proxy. Not compiled: edge/listener.py
+# (a subclass of aiohttp's slotted protocol, so what the fast lane runs per request lives in fast_lane.py),
+# and whatever runs once or off the request path (config, cli, admin, tools). mypyc has no async
+# generators: the request path uses classes with `__anext__` / `__aenter__` instead.
 COMPILED_MODULES = (
     "edge/exchange.py",
     "edge/fast_lane.py",
     "edge/http_io.py",
     "edge/passthrough.py",
+    "edge/upstream.py",
+    "http1/connection.py",
     "http1/pool.py",
     "model/model_server.py",
     "model/reranker.py",

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 
 import aiohttp
 import orjson
@@ -180,8 +179,7 @@ class Elasticsearch:
         first = next(self._turn)
         return self._pools[first:] + self._pools[:first]
 
-    @asynccontextmanager
-    async def request(
+    def request(
         self,
         method: str,
         raw_path_qs: str,
@@ -189,8 +187,9 @@ class Elasticsearch:
         body: bytes | aiohttp.StreamReader | None,
         *,
         retry_other_nodes: bool | None = None,
-    ) -> AsyncIterator[http1.Response]:
-        """Open a request; yields the response with its body unread. Transport failures → UpstreamError.
+    ) -> UpstreamRequest:
+        """Open a request (`async with`); yields the response with its body unread. Transport failures →
+        UpstreamError.
 
         A body held in memory may be re-sent to the next node when one refuses the connection; a
         streamed body cannot, so it gets one node.
@@ -201,25 +200,28 @@ class Elasticsearch:
         pools = self._order() if retry_other_nodes else self._order()[:1]
         if not raw_path_qs.startswith("/"):
             raw_path_qs = "/" + raw_path_qs
-        self._in_flight += 1
-        try:
-            last_error: UpstreamError | None = None
-            for pool in pools:
-                try:
-                    exchange = await self._send(pool, method, raw_path_qs, headers, body)
-                except _Refused as refused:
-                    last_error = refused.error
-                    continue
-                connection, response, body_task = exchange
-                try:
-                    yield response
-                finally:
-                    _finish(pool, connection, body_task)
-                return
-            assert last_error is not None
-            raise last_error
-        finally:
-            self._in_flight -= 1
+        return UpstreamRequest(self, pools, method, raw_path_qs, headers, body)
+
+    async def _open(
+        self,
+        pools: list[http1.Pool],
+        method: str,
+        raw_path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> tuple[http1.Pool, http1.Connection, http1.Response, asyncio.Task[None] | None]:
+        """The first node that takes the request: its pool, the connection, the answer's head and the
+        task still sending a streamed body."""
+        last_error: UpstreamError | None = None
+        for pool in pools:
+            try:
+                connection, response, body_task = await self._send(pool, method, raw_path_qs, headers, body)
+            except _Refused as refused:
+                last_error = refused.error
+                continue
+            return pool, connection, response, body_task
+        assert last_error is not None
+        raise last_error
 
     async def _send(
         self,
@@ -326,6 +328,48 @@ def _shown_endpoint(pool: http1.Pool) -> str:
     endpoint = pool.endpoint
     scheme = "https" if endpoint.tls is not None else "http"
     return f"{scheme}://{endpoint.host_header}"
+
+
+class UpstreamRequest:
+    """One request to Elasticsearch, open for the length of an `async with`: the response it yields has its
+    body unread, and the connection goes back to its pool on the way out. A class rather than an
+    `asynccontextmanager`, so mypyc compiles it."""
+
+    def __init__(
+        self,
+        es: Elasticsearch,
+        pools: list[http1.Pool],
+        method: str,
+        raw_path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> None:
+        self._es = es
+        self._pools = pools
+        self._method = method
+        self._raw_path_qs = raw_path_qs
+        self._headers = headers
+        self._body = body
+        self._opened: tuple[http1.Pool, http1.Connection, asyncio.Task[None] | None] | None = None
+
+    async def __aenter__(self) -> http1.Response:
+        es = self._es
+        es._in_flight += 1
+        try:
+            pool, connection, response, body_task = await es._open(
+                self._pools, self._method, self._raw_path_qs, self._headers, self._body
+            )
+        except BaseException:
+            es._in_flight -= 1
+            raise
+        self._opened = (pool, connection, body_task)
+        return response
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            self._es._in_flight -= 1
+            _finish(*opened)
 
 
 class _Refused(Exception):

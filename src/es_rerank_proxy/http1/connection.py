@@ -166,20 +166,19 @@ class Response:
             if timer is not None:
                 timer.cancel()
 
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
+    def iter_chunks(self) -> AsyncIterator[bytes]:
         """The body's bytes as they arrive; UpstreamError if Elasticsearch breaks off or goes quiet."""
-        while True:
-            while self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._buffered < _LOW_WATER:
-                    self._connection.resume_reading()
-                yield chunk
-            if self._done:
-                if self._error is not None:
-                    raise self._error
-                return
-            await self._wait()
+        return _Chunks(self)
+
+    def _next_chunk(self) -> bytes | None:
+        """A chunk already here, or None (flow control: reading resumes below the low mark)."""
+        if not self._chunks:
+            return None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < _LOW_WATER:
+            self._connection.resume_reading()
+        return chunk
 
     async def read(self) -> bytes:
         """The whole body: one wake-up at its end, however many pieces it comes in (a node may write a
@@ -197,6 +196,28 @@ class Response:
         self._chunks.clear()
         self._buffered = 0
         return data
+
+
+class _Chunks:
+    """`Response.iter_chunks`: an iterator class, not an async generator, so mypyc compiles it."""
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        response = self._response
+        while True:
+            chunk = response._next_chunk()
+            if chunk is not None:
+                return chunk
+            if response._done:
+                if response._error is not None:
+                    raise response._error
+                raise StopAsyncIteration
+            await response._wait()
 
 
 class Connection(asyncio.Protocol):
