@@ -27,10 +27,18 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..errors import UpstreamError
-from .exchange import Answer, BodyTooLarge, ClientRequest, Exchange, upstream_error_answer
+from .exchange import (
+    Answer,
+    BodyTooLarge,
+    ClientRequest,
+    Exchange,
+    elasticsearch_error,
+    upstream_error_answer,
+)
 from .upstream import (
     HOP_BY_HOP,
     Elasticsearch,
+    error_body,
     forwardable_request_headers,
     headers_without,
 )
@@ -207,6 +215,24 @@ class FastLane:
     def mirror(self) -> RequestMirror:
         """A mirror for one connection, handing this lane the plain requests it takes."""
         return RequestMirror(self.limits, self._is_search, takes_searches=self._search is not None)
+
+    async def run(
+        self, request: Plain, writer: ClientWriter, remote: str | None, finished: Callable[[], None]
+    ) -> None:
+        """`serve`, as the connection's task: never a 500 for a forwarded request, and `finished` called
+        at the end whatever happened. Here, not in the listener's protocol class, so mypyc compiles it."""
+        try:
+            await self.serve(request, writer, remote)
+        except Exception:
+            # Elasticsearch-shaped, or a cut connection mid-answer.
+            log.exception("fast lane failed forwarding %s %s", request.method, request.target)
+            if writer.started:
+                writer.abort()
+            else:
+                body = error_body(502, "proxy_exception", "the proxy could not forward the request")
+                writer.write(answer_bytes(elasticsearch_error(502, body)))
+        finally:
+            finished()
 
     async def serve(self, request: Plain, writer: ClientWriter, remote: str | None) -> None:
         """Answer one plain request: a search through the pipeline, anything else forwarded untouched."""

@@ -16,8 +16,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
-from .exchange import elasticsearch_error
-from .fast_lane import ClientWriter, FastLane, Plain, answer_bytes
+from .fast_lane import ClientWriter, FastLane, Plain
 from .tls import ListenerTls
 from .upstream import error_body
 
@@ -80,6 +79,7 @@ class GuardedRequestHandler(web.RequestHandler):
         self._lane = fast_lane if supported else None
         self._mirror = self._lane.mirror() if self._lane is not None else None
         self._lane_task: asyncio.Task[None] | None = None
+        self._remote: str | None = None
         self._lane_search = False  # the lane's task is a search: it finishes even if the client leaves
         self._held: list[bytes] = []  # bytes that arrived while the lane answered, in order
         self._held_bytes = 0
@@ -93,6 +93,8 @@ class GuardedRequestHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, (list, tuple)) and peer else None  # the lane's
         loop = asyncio.get_running_loop()
         self._header_deadline = loop.call_later(self._header_read_timeout_s, self._headers_too_slow)
 
@@ -188,35 +190,22 @@ class GuardedRequestHandler(web.RequestHandler):
     def _start_lane(self, request: Plain) -> None:
         assert self._lane is not None and self.transport is not None
         writer = ClientWriter(self.transport, lambda: self._paused, self._drain_helper)
-        peer = self.transport.get_extra_info("peername")
-        remote = str(peer[0]) if isinstance(peer, (list, tuple)) and peer else None
         self._lane_search = request.search
-        self._lane_task = self._loop.create_task(self._run_lane(self._lane, request, writer, remote))
+        running = self._lane.run(request, writer, self._remote, self._lane_done)
+        self._lane_task = self._loop.create_task(running)
 
-    async def _run_lane(
-        self, lane: FastLane, request: Plain, writer: ClientWriter, remote: str | None
-    ) -> None:
-        try:
-            await lane.serve(request, writer, remote)
-        except Exception:
-            # Never a 500 for a forwarded request: Elasticsearch-shaped, or a cut connection mid-answer.
-            log.exception("fast lane failed forwarding %s %s", request.method, request.target)
-            if writer.started:
-                writer.abort()
-            else:
-                body = error_body(502, "proxy_exception", "the proxy could not forward the request")
-                writer.write(answer_bytes(elasticsearch_error(502, body)))
-        finally:
-            self._lane_task = None
-            self._lane_search = False
-            self._extend_keepalive()
-            held, self._held, self._held_bytes = self._held, [], 0
-            if self._held_back and self.transport is not None and not self.transport.is_closing():
-                self._held_back = False
-                self.transport.resume_reading()
-            if self.transport is not None and not self.transport.is_closing():
-                for data in held:
-                    self.data_received(data)
+    def _lane_done(self) -> None:
+        """The lane answered: aiohttp's keep-alive counts it, and bytes held behind it get their turn."""
+        self._lane_task = None
+        self._lane_search = False
+        self._extend_keepalive()
+        held, self._held, self._held_bytes = self._held, [], 0
+        if self._held_back and self.transport is not None and not self.transport.is_closing():
+            self._held_back = False
+            self.transport.resume_reading()
+        if self.transport is not None and not self.transport.is_closing():
+            for data in held:
+                self.data_received(data)
 
     def _extend_keepalive(self) -> None:
         """aiohttp closes a connection idle for `keepalive_timeout` since its own last request; count the
