@@ -39,7 +39,20 @@ class ClientRequest:
 
     def params(self) -> dict[str, str]:
         """The query string's parameters, decoded; the last of a repeated name wins, as in Elasticsearch."""
-        return dict(parse_qsl(self.raw_query_string, keep_blank_values=True))
+        return query_params(self.raw_query_string)
+
+
+def query_params(query: str) -> dict[str, str]:
+    """`dict(parse_qsl(query, keep_blank_values=True))`; without `%` or `+` there is nothing to decode,
+    and splitting is all it takes (most searches' query strings: a fifth of parse_qsl's time)."""
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query, keep_blank_values=True))
+    params: dict[str, str] = {}
+    for pair in query.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            params[name] = value
+    return params
 
 
 @dataclass(slots=True)

@@ -34,7 +34,9 @@ class SearchRequest:
     raw_path: str
     raw_path_qs: str  # path and query string exactly as the client encoded them
     params: dict[str, str]
-    headers: CIMultiDict[str]  # forwardable to Elasticsearch: the client's own credentials included
+    # The client's own, as sent (credentials included); `recall_headers` leaves out what must not be
+    # forwarded. Read only then: a search that is not reranked needs no copy of them.
+    headers: CIMultiDictProxy[str] | CIMultiDict[str]
     header_query: str | None
     explain: bool
     accepts_gzip: bool
@@ -47,7 +49,7 @@ class SearchRequest:
             raw_path=request.raw_path,
             raw_path_qs=request.target,
             params=request.params(),
-            headers=forwardable_request_headers(headers),
+            headers=headers,
             # A header whose bytes are not UTF-8 is no query text; it must not reach the model's request.
             header_query=readable_header(headers.get("X-Rerank-Query")),
             explain=headers.get("X-Rerank-Explain", "").strip().lower() in ("true", "1", "yes"),
@@ -56,7 +58,7 @@ class SearchRequest:
 
     def recall_headers(self, *, ndjson: bool = False) -> CIMultiDict[str]:
         """The client's headers for a rewritten, uncompressed body whose answer the proxy must parse."""
-        headers = self.headers.copy()
+        headers = forwardable_request_headers(self.headers)
         for name in _BODY_HEADERS:
             headers.popall(name, None)
         if hdrs.CONTENT_TYPE not in headers:
