@@ -27,6 +27,7 @@ COMPILED_MODULES = (
     "edge/upstream.py",
     "http1/connection.py",
     "http1/pool.py",
+    "model/model_calls.py",
     "model/model_server.py",
     "model/reranker.py",
     "model/resilience.py",

@@ -484,6 +484,30 @@ async def test_a_scorer_stops_a_hung_call_at_the_clients_own_timeout(
             model_session.close()
 
 
+@pytest.mark.parametrize("failing", [False, True])
+async def test_identical_concurrent_searches_share_one_call_through_a_reranker_client(
+    fake: FakeReranker, failing: bool
+) -> None:
+    # A RerankerClient's flight runs in the first search's own task; a second search for the same
+    # documents joins it rather than calling the model again, and gets the same scores or failure.
+    fake.faults.latency_s = 0.3
+    if failing:
+        fake.faults.status = 400
+    model_session = http1.Client(limit=4)
+    cfg = make_cfg(fake.url)
+    scorer = Scorer(RerankerClient(model_session, cfg, INSTRUCTION), cfg, model_key="k")
+    docs = [ScoreDoc(doc_id="a", text="text of a"), ScoreDoc(doc_id="b", text="text of b")]
+    try:
+        first, second = await asyncio.gather(scorer.score("q", docs, 30.0), scorer.score("q", docs, 30.0))
+        assert fake.rerank_calls == 1
+        assert first.scores == second.scores
+        assert (first.model_calls, second.model_calls) == (1, 0)
+        assert first.reason == second.reason == ("bad_response" if failing else None)
+    finally:
+        await scorer.aclose()
+        model_session.close()
+
+
 async def test_latency_within_timeout_succeeds_and_beyond_times_out(
     fake: FakeReranker, session: aiohttp.ClientSession
 ) -> None:

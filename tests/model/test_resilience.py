@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections.abc import Coroutine
 
 import pytest
 from hypothesis import given
@@ -404,6 +405,107 @@ async def test_single_flight_aclose_cancels_running_work() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert len(flights) == 0
+
+
+class Abandoned(Exception):
+    """What callers who joined a `run_here` flight get when its first caller is cancelled."""
+
+
+async def test_run_here_runs_the_work_in_the_first_callers_task_and_shares_it() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    release = asyncio.Event()
+    ran_in: list[asyncio.Task[object] | None] = []
+
+    async def work() -> int:
+        ran_in.append(asyncio.current_task())
+        await release.wait()
+        return 42
+
+    def call() -> Coroutine[object, object, int]:
+        return flights.run_here("k", work, wait_s=60, abandoned=Abandoned)
+
+    first = asyncio.create_task(call())
+    await asyncio.sleep(0)
+    joined = [asyncio.create_task(call()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert len(flights) == 1
+    release.set()
+    assert await asyncio.gather(first, *joined) == [42] * 4
+    assert ran_in == [first], "one run, in the first caller's own task"
+    assert len(flights) == 0
+
+
+async def test_run_here_failure_reaches_every_caller() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        raise LookupError("boom")
+
+    callers = [
+        asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned)) for _ in range(3)
+    ]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert [type(result) for result in results] == [LookupError] * 3
+    assert len(flights) == 0
+
+
+async def test_run_here_first_caller_cancelled_leaves_the_others_abandoned_not_cancelled() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+
+    async def work() -> int:
+        await asyncio.sleep(3600)
+        return 1
+
+    first = asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned))
+    await asyncio.sleep(0)
+    joined = asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(Abandoned):
+        await joined
+    assert len(flights) == 0
+
+
+async def test_run_here_a_caller_who_joined_waits_at_most_its_own_time_and_stops_nothing() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        return 5
+
+    first = asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await flights.run_here("k", work, wait_s=0.01, abandoned=Abandoned)
+    leaving = asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    release.set()
+    assert await first == 5
+
+
+async def test_aclose_leaves_work_running_in_a_callers_task_to_that_caller() -> None:
+    flights: SingleFlight[str, int] = SingleFlight()
+    release = asyncio.Event()
+
+    async def work() -> int:
+        await release.wait()
+        return 3
+
+    first = asyncio.create_task(flights.run_here("k", work, wait_s=60, abandoned=Abandoned))
+    await asyncio.sleep(0)
+    await flights.aclose()
+    release.set()
+    assert await first == 3
 
 
 # --- ConcurrencyLimit ---------------------------------------------------------------------------------

@@ -184,36 +184,76 @@ class TTLCache(Generic[K, V]):
 
 
 class SingleFlight(Generic[K, V]):
-    """Concurrent calls with one key share one run of the work; a caller may leave without stopping it."""
+    """Concurrent calls with one key share one run of the work.
+
+    `run` starts the work in a task of its own, so a caller may leave without stopping it. `run_here` runs
+    it in the first caller's task (no task to start, no hand-over back), for work that ends within that
+    caller's own limits anyway.
+    """
 
     def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[V]] = {}
+        # A task (`run`) or the future the first caller of `run_here` resolves.
+        self._flights: dict[K, asyncio.Future[V]] = {}
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._flights)
 
     async def run(self, key: K, factory: Callable[[], Coroutine[object, object, V]]) -> V:
         """Await the shared result for `key`, starting `factory()` if no call for `key` is under way."""
-        task = self._tasks.get(key)
-        # A task that has ended but whose done callback has not run yet is no flight to join: its failure
+        flight = self._flights.get(key)
+        # A flight that has ended but whose done callback has not run yet is no flight to join: its failure
         # would be handed to a caller that arrived after it.
-        if task is None or task.done():
-            task = asyncio.create_task(factory())
-            self._tasks[key] = task
-            task.add_done_callback(functools.partial(self._finished, key))
+        if flight is None or flight.done():
+            flight = asyncio.create_task(factory())
+            self._flights[key] = flight
+            flight.add_done_callback(functools.partial(self._finished, key))
         # shield: a cancelled caller must not cancel the work the other callers still wait for.
-        return await asyncio.shield(task)
+        return await asyncio.shield(flight)
 
-    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
+    async def run_here(
+        self,
+        key: K,
+        factory: Callable[[], Coroutine[object, object, V]],
+        *,
+        wait_s: float,
+        abandoned: Callable[[], BaseException],
+    ) -> V:
+        """`run`, with the work in the first caller's own task: it stops if that caller is cancelled, and
+        the callers that joined it get `abandoned()` instead. One who joins waits at most `wait_s`
+        (TimeoutError), in case the first caller's limits are wider than its own."""
+        flight = self._flights.get(key)
+        if flight is not None and not flight.done():
+            async with asyncio.timeout(wait_s):
+                return await asyncio.shield(flight)
+        joined: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._flights[key] = joined
+        try:
+            value = await factory()
+        except asyncio.CancelledError:
+            joined.set_exception(abandoned())
+            joined.exception()  # retrieved: nobody may have joined
+            raise
+        except BaseException as exc:
+            joined.set_exception(exc)
+            joined.exception()
+            raise
+        finally:
+            if self._flights.get(key) is joined:
+                del self._flights[key]
+        joined.set_result(value)
+        return value
+
+    def _finished(self, key: K, task: asyncio.Future[V]) -> None:
+        if self._flights.get(key) is task:
+            del self._flights[key]
         if not task.cancelled():
             # Mark the exception retrieved: if every caller left, nobody else will look at it.
             task.exception()
 
     async def aclose(self) -> None:
-        """Cancel the work under way and wait until it has stopped."""
-        tasks = list(self._tasks.values())
+        """Cancel the work under way in tasks of its own and wait until it has stopped (work run in a
+        caller's task belongs to that caller)."""
+        tasks = [flight for flight in self._flights.values() if isinstance(flight, asyncio.Task)]
         for task in tasks:
             task.cancel()
         if tasks:

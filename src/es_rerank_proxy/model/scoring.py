@@ -1,4 +1,5 @@
-"""The rerank step: cache, single-flight, concurrency limit, a breaker per URL, retries; all within a budget.
+"""The rerank step: cache, single-flight, concurrency limit, and the model call (`model_calls`: a breaker per
+URL, retries); all within a budget.
 
 `Scorer.score` never raises for a model failure: it returns `ScoreOutcome(scores=None, reason=...)` and the
 caller keeps Elasticsearch's order. Only cancellation of the caller propagates.
@@ -9,54 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
-
-from ..config import RerankerConfig, redact_url
-from ..errors import (
-    CircuitOpen,
-    Overloaded,
-    RerankerBadResponse,
-    RerankerError,
-    RerankerTimeout,
-    RerankerUnavailable,
-)
-from .reranker import RerankerClient
-from .resilience import (
-    BreakerListener,
-    CircuitBreaker,
-    Clock,
-    ConcurrencyLimit,
-    Deadline,
-    SingleFlight,
-    TTLCache,
-)
+from ..config import RerankerConfig
+from ..errors import Overloaded, RerankerError, RerankerTimeout
+from .model_calls import Flight, ModelCalls, ScoreClient
+from .resilience import BreakerListener, Clock, ConcurrencyLimit, Deadline, SingleFlight, TTLCache
 from .shared_cache import SharedCache, shared_key
 
+__all__ = ["ScoreClient", "ScoreDoc", "ScoreOutcome", "Scorer", "ScorerStats"]
+
 logger = logging.getLogger(__name__)
-
-# Statuses worth another try: the gateway or the server says "not now", not "never".
-_RETRY_STATUSES = frozenset({502, 503, 504})
-# Do not start another attempt with less budget than this left: it could not finish anyway.
-_MIN_ATTEMPT_S = 0.02
-_BACKOFF_BASE_S = 0.01
-_BACKOFF_MAX_S = 0.1
-# A backoff sleep never takes more than this share of the budget still left.
-_BACKOFF_SHARE = 0.25
-
-
-class ScoreClient(Protocol):
-    """What the scorer needs from the model server client (`reranker.RerankerClient` fits)."""
-
-    async def score(self, url: str, query: str, documents: Sequence[str], timeout_s: float) -> list[float]:
-        """One HTTP call: one score per document, in order."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,26 +70,11 @@ _CacheKey = tuple[str, str, str, int]
 _FlightKey = tuple[str, str, frozenset[_CacheKey]]  # model_key, query, documents to score
 
 
-@dataclass(slots=True)
-class _Flight:
-    """Bookkeeping of one shared model call (only the caller that started it sees `calls` > 0)."""
-
-    calls: int = 0
-    last_error: RerankerError | None = None
-
-
 def _shared_key(prefix: str, key: _CacheKey, text: str) -> bytes:
     """The shared cache's key for a local key and its document's text."""
     model_key, query, doc_id, _ = key
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
     return shared_key(prefix, model_key, query, doc_id, digest)
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    if not isinstance(exc, RerankerUnavailable):
-        return False
-    status = getattr(exc, "status", None)
-    return status is None or status in _RETRY_STATUSES
 
 
 class Scorer:
@@ -142,22 +94,13 @@ class Scorer:
     ) -> None:
         if not cfg.url:
             raise ValueError("RerankerConfig.url: expected at least one URL")
-        self._client = client
         self._cfg = cfg
         self._model_key = model_key
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
-        # How long a model call may run past its caller's budget so that its answer still fills the cache.
-        self._grace_s = cfg.timeout_ms / 1000 if fill_grace_s is None else max(0.0, fill_grace_s)
-        self._urls = cfg.url
-        # A RerankerClient ends every call within the timeout it is given (`call_model_server` bounds the
-        # exchange), so `_attempt` needs no cap of its own around it: one timer per call fewer, which
-        # on the wire was 0.1 ms of a search's own time. Any other client gets the cap.
-        self._client_bounds_calls = isinstance(client, RerankerClient)
-        self._breakers = [
-            CircuitBreaker(cfg.breaker, name=url, clock=clock, on_change=on_breaker_change) for url in cfg.url
-        ]
-        self._next_url = 0
+        grace_s = cfg.timeout_ms / 1000 if fill_grace_s is None else max(0.0, fill_grace_s)
+        self._calls = ModelCalls(
+            client, cfg, clock=clock, grace_s=grace_s, on_breaker_change=on_breaker_change, rng=rng
+        )
         self._cache: TTLCache[_CacheKey, float] = TTLCache(
             cfg.cache.max_entries, cfg.cache.ttl_s, clock=clock
         )
@@ -174,7 +117,7 @@ class Scorer:
 
     def breaker_states(self) -> dict[str, str]:
         """The breaker state of each model server URL."""
-        return {redact_url(breaker.name): breaker.state for breaker in self._breakers}
+        return self._calls.breaker_states()
 
     async def aclose(self) -> None:
         """Stop background model calls (those still filling the cache) and refuse new ones."""
@@ -224,14 +167,23 @@ class Scorer:
         if deadline.expired:
             return outcome("timeout")
 
-        flight = _Flight()
+        flight = Flight()
         flight_key: _FlightKey = (model_key, query, frozenset(missing))
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more task per search.
-            async with asyncio.timeout(deadline.remaining()):
-                fresh = await self._flights.run(
-                    flight_key, lambda: self._fetch(query, missing, deadline, flight)
+            if self._calls.bounds_calls:
+                # Its calls end within the budget by themselves: no task to start, no timer around it.
+                fresh = await self._flights.run_here(
+                    flight_key,
+                    lambda: self._fetch(query, missing, deadline, flight),
+                    wait_s=deadline.remaining(),
+                    abandoned=lambda: RerankerTimeout("the search that made the shared model call left"),
                 )
+            else:
+                # asyncio.timeout, not wait_for: wait_for wraps the coroutine in one more task per search.
+                async with asyncio.timeout(deadline.remaining()):
+                    fresh = await self._flights.run(
+                        flight_key, lambda: self._fetch(query, missing, deadline, flight)
+                    )
         except asyncio.TimeoutError:
             return outcome("timeout", flight.calls)
         except RerankerError as exc:
@@ -280,22 +232,16 @@ class Scorer:
         return filled
 
     async def _fetch(
-        self, query: str, missing: dict[_CacheKey, str], deadline: Deadline, flight: _Flight
+        self, query: str, missing: dict[_CacheKey, str], deadline: Deadline, flight: Flight
     ) -> dict[_CacheKey, float]:
         """The shared work: one model call with retries; stores the answer even if the caller has left."""
         if not self._limit.try_acquire():
             raise Overloaded(f"{self._limit.limit} reranker calls already in flight")
         try:
-            texts = list(missing.values())
-            try:
-                # Most calls succeed at once: the retry loop is built only when a retry may follow.
-                values = await self._attempt(query, texts, deadline, flight)
-            except RerankerUnavailable as exc:
-                if not _is_retryable(exc):
-                    raise
-                values = await self._retry(query, texts, deadline, flight, exc)
+            values = await self._calls.call(query, list(missing.values()), deadline, flight)
         finally:
             self._limit.release()
+            self.stats.model_calls += flight.calls
         fresh = dict(zip(missing, values, strict=True))
         self._cache.put_many(fresh.items())
         if self._shared is not None:
@@ -305,97 +251,3 @@ class Scorer:
                 self._cfg.cache.ttl_s,
             )
         return fresh
-
-    async def _retry(
-        self, query: str, texts: list[str], deadline: Deadline, flight: _Flight, failure: RerankerError
-    ) -> list[float]:
-        """The attempts after a retryable first failure, by tenacity's rules (retry, backoff, stop).
-
-        The first failure is replayed as tenacity's attempt 1, so it counts, and waits, as if tenacity
-        had made it."""
-        retrying = AsyncRetrying(
-            sleep=asyncio.sleep,
-            retry=retry_if_exception(_is_retryable),
-            stop=lambda state: self._should_stop(state, deadline),
-            wait=lambda state: self._backoff(state, deadline),
-            reraise=True,
-        )
-        replay: RerankerError | None = failure
-        values: list[float] = []
-        async for attempt in retrying:
-            with attempt:
-                if replay is not None:
-                    failed, replay = replay, None
-                    raise failed
-                values = await self._attempt(query, texts, deadline, flight)
-        return values
-
-    def _should_stop(self, state: RetryCallState, deadline: Deadline) -> bool:
-        if state.attempt_number > self._cfg.retries:
-            return True
-        return deadline.remaining() - state.upcoming_sleep < _MIN_ATTEMPT_S
-
-    def _backoff(self, state: RetryCallState, deadline: Deadline) -> float:
-        """Exponential backoff with jitter, never more than a share of the budget left."""
-        step = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (state.attempt_number - 1))
-        jittered = step * (0.5 + 0.5 * self._rng.random())
-        return min(jittered, deadline.remaining() * _BACKOFF_SHARE)
-
-    def _pick(self) -> CircuitBreaker | None:
-        """The next URL in turn whose breaker lets a call through (spreads load, and retries move on)."""
-        count = len(self._breakers)
-        for offset in range(count):
-            index = (self._next_url + offset) % count
-            breaker = self._breakers[index]
-            if breaker.allow():
-                self._next_url = index + 1
-                return breaker
-        return None
-
-    async def _capped_score(self, url: str, query: str, texts: list[str], timeout_s: float) -> list[float]:
-        """The client's call with the budget as its timeout, under a hard cap that adds the cache-fill
-        grace, so that even a client that hangs forever is cut off."""
-        try:
-            async with asyncio.timeout(timeout_s + self._grace_s):
-                return await self._client.score(url, query, texts, timeout_s)
-        except asyncio.TimeoutError:
-            raise RerankerTimeout(f"{redact_url(url)}: no answer within {timeout_s:.3f}s") from None
-
-    async def _attempt(
-        self, query: str, texts: list[str], deadline: Deadline, flight: _Flight
-    ) -> list[float]:
-        timeout_s = deadline.remaining()
-        if timeout_s <= 0:
-            # Not retryable, so a retry loop can never spin here whatever the stop rule says.
-            raise RerankerTimeout("reranker budget spent before the call")
-        breaker = self._pick()
-        if breaker is None:
-            # On a retry, the failure that made us retry is the truer reason than the breakers.
-            raise flight.last_error or CircuitOpen("every reranker circuit is open")
-        url = breaker.name
-        flight.calls += 1
-        self.stats.model_calls += 1
-        try:
-            if self._client_bounds_calls:
-                values = await self._client.score(url, query, texts, timeout_s)
-            else:
-                values = await self._capped_score(url, query, texts, timeout_s)
-            if len(values) != len(texts) or not all(
-                isinstance(v, int | float) and math.isfinite(v) for v in values
-            ):
-                raise RerankerBadResponse(f"{redact_url(url)}: expected {len(texts)} finite scores")
-        except RerankerError as exc:
-            breaker.record_failure()
-            flight.last_error = exc
-            raise
-        except BaseException:
-            # Cancellation (shutdown) or a fault of the proxy or the request: it says nothing about the
-            # model, so it frees a half-open probe without counting against the breaker.
-            breaker.release()
-            raise
-        if deadline.expired:
-            # Answered, but after the caller's budget: too slow to count as healthy (the cache keeps it).
-            breaker.record_failure()
-        else:
-            breaker.record_success()
-        return [float(v) for v in values]
