@@ -121,6 +121,32 @@ def search_parts(
     return parts
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardParts:
+    """One request the proxy forwarded (a `_doc` GET, a bypassed search), in seconds between packets."""
+
+    pre: float  # client's last request byte -> the proxy's request upstream
+    post: float  # upstream's last answer byte -> the proxy's first answer byte
+
+    @property
+    def own(self) -> float:
+        return self.pre + self.post
+
+
+def forward_parts(client: Sequence[Exchange], upstream: Sequence[Exchange]) -> list[ForwardParts]:
+    """Each client exchange with the one upstream exchange the proxy made inside it (others left out)."""
+    parts = []
+    for outer in client:
+        inner = [e for e in upstream if outer.request_first <= e.request_first <= outer.answer_last]
+        if len(inner) == 1:
+            parts.append(
+                ForwardParts(
+                    inner[0].request_first - outer.request_last, outer.answer_first - inner[0].answer_last
+                )
+            )
+    return parts
+
+
 def summary_ms(values: Sequence[float]) -> dict[str, float] | None:
     """p50 and p90 (nearest rank, as bench.py's) of seconds, in ms; None for no values."""
     if not values:

@@ -117,6 +117,26 @@ def test_a_search_with_two_window_requests_is_left_out_not_guessed(wire: ModuleT
     assert wire.search_parts(client, window, model) == []
 
 
+def test_forward_parts_are_the_gaps_around_the_one_upstream_exchange(wire: ModuleType) -> None:
+    stream = packets(
+        wire,
+        (1.000, CLIENT, PROXY),
+        (1.001, POOL, WINDOW),  # pre: 1 ms
+        (1.003, WINDOW, POOL),
+        (1.005, PROXY, CLIENT),  # post: 2 ms
+        (2.000, CLIENT, PROXY),  # forwarded twice (a retry): left out, not guessed
+        (2.001, POOL, WINDOW),
+        (2.002, WINDOW, POOL),
+        (2.003, POOL + 1, WINDOW),
+        (2.004, WINDOW, POOL + 1),
+        (2.005, PROXY, CLIENT),
+    )
+    (forward,) = wire.forward_parts(
+        wire.exchanges(stream, PROXY, 0, 99), wire.exchanges(stream, WINDOW, 0, 99)
+    )
+    assert (forward.pre, forward.post, forward.own) == pytest.approx((0.001, 0.002, 0.003))
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
@@ -129,13 +149,17 @@ def test_summary_ms(wire: ModuleType, values: list[float], expected: dict[str, f
     assert wire.summary_ms(values) == expected
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(400)
-def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) -> None:
+def skip_without_capture() -> None:
     if shutil.which("tcpdump") is None:
         pytest.skip("tcpdump is missing (scripts/test installs it)")
     if os.geteuid() != 0:
         pytest.skip("tcpdump captures as root only")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) -> None:
+    skip_without_capture()
     out = tmp_path / "wire.json"
     command = [sys.executable, str(SCRIPTS / "bench_wire.py"), "--pure", "--searches", "20"]
     result = subprocess.run(
@@ -155,6 +179,22 @@ def test_bench_wire_reports_the_proxys_own_time_between_packets(tmp_path: Path) 
     assert floor["searches"] == 20 and floor["wire"]["model"]["p50_ms"] >= 20
     assert floor["own_ratio"] > 0
     assert "x the floor's" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_bench_ab_measures_both_builds_in_turns_between_packets(tmp_path: Path) -> None:
+    skip_without_capture()
+    out = tmp_path / "ab.json"
+    command = [sys.executable, str(SCRIPTS / "bench_ab.py"), "--a", "source", "--b", "source"]
+    command += ["--requests", "doc", "--block", "20", "--rounds", "2", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    arms = json.loads(out.read_text())["arms"]
+    # Two blocks of 20 per arm, each GET forwarded once: every one is told apart on the wire.
+    assert [arms[arm]["count"] for arm in ("A", "B")] == [40, 40], arms
+    assert all(arms[arm]["own"]["p50_ms"] > 0 for arm in ("A", "B"))
+    assert "own B - A" in result.stdout
 
 
 def _post(url: str, body: bytes) -> dict[str, object]:
