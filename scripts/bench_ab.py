@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -35,12 +35,6 @@ from bench_lib import corpus, load, phases, services, wire, wire_phase
 
 WARM_UP = 50
 ARMS = ("A", "B")
-
-
-async def _back_to_back(url: str, paths: Sequence[str]) -> None:
-    async with load.new_session(url, 1) as session:
-        for path in paths:
-            await load.send(session, load.Request("GET", path, None), ())
 
 
 def _start_proxies(
@@ -132,7 +126,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 )
 
                 def send(url: str, first: int, n: int) -> None:
-                    asyncio.run(_back_to_back(url, paths[first : first + n]))
+                    make = lambda i: load.Request("GET", paths[first + i], None)  # noqa: E731
+                    asyncio.run(wire_phase.one_at_a_time(url, make, n, 0.0))  # back to back
 
             spans = _rounds(send, urls, args.block, args.rounds)
             time.sleep(0.5)  # the last packets reach the dump

@@ -104,8 +104,7 @@ def search_parts(
     """
     parts = []
     for outer in client:
-        inner_window = [e for e in window if outer.request_first <= e.request_first <= outer.answer_last]
-        inner_model = [e for e in model if outer.request_first <= e.request_first <= outer.answer_last]
+        inner_window, inner_model = _inside(outer, window), _inside(outer, model)
         if len(inner_window) != 1 or len(inner_model) != 1:
             continue
         (w,), (m,) = inner_window, inner_model
@@ -137,7 +136,7 @@ def forward_parts(client: Sequence[Exchange], upstream: Sequence[Exchange]) -> l
     """Each client exchange with the one upstream exchange the proxy made inside it (others left out)."""
     parts = []
     for outer in client:
-        inner = [e for e in upstream if outer.request_first <= e.request_first <= outer.answer_last]
+        inner = _inside(outer, upstream)
         if len(inner) == 1:
             parts.append(
                 ForwardParts(
@@ -145,6 +144,11 @@ def forward_parts(client: Sequence[Exchange], upstream: Sequence[Exchange]) -> l
                 )
             )
     return parts
+
+
+def _inside(outer: Exchange, exchanges: Sequence[Exchange]) -> list[Exchange]:
+    """The exchanges the proxy began while answering `outer`."""
+    return [e for e in exchanges if outer.request_first <= e.request_first <= outer.answer_last]
 
 
 def summary_ms(values: Sequence[float]) -> dict[str, float] | None:

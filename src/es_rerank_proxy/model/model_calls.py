@@ -86,7 +86,6 @@ class ModelCalls:
             CircuitBreaker(cfg.breaker, name=url, clock=clock, on_change=on_breaker_change) for url in cfg.url
         ]
         self._next_url = 0
-        self.calls = 0  # attempts made, for the scorer's stats
 
     def breaker_states(self) -> dict[str, str]:
         """The breaker state of each model server URL."""
@@ -168,7 +167,6 @@ class ModelCalls:
             raise flight.last_error or CircuitOpen("every reranker circuit is open")
         url = breaker.name
         flight.calls += 1
-        self.calls += 1
         try:
             if self.bounds_calls:
                 values = await self._client.score(url, query, texts, timeout_s)
