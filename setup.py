@@ -22,11 +22,13 @@ from setuptools import setup
 COMPILED_MODULES = (
     "edge/exchange.py",
     "edge/fast_lane.py",
+    "edge/headers.py",
     "edge/http_io.py",
     "edge/passthrough.py",
     "edge/upstream.py",
     "http1/connection.py",
     "http1/pool.py",
+    "http1/request.py",
     "model/model_calls.py",
     "model/model_server.py",
     "model/reranker.py",

@@ -16,10 +16,10 @@ from .config import Config, redact_url
 from .edge import passthrough
 from .edge.exchange import Exchange
 from .edge.fast_lane import FastLane, HeadLimits
+from .edge.headers import undecodable_header
 from .edge.http_io import es_error
 from .edge.listener import GuardedAppRunner, tcp_site
 from .edge.tls import ListenerTls, listener_tls
-from .edge.upstream import undecodable_header
 from .runtime import Runtime
 from .search import pipeline
 from .search.plan import classify_endpoint

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from es_rerank_proxy.config import RerankConfig
+from es_rerank_proxy.edge.headers import undecodable_header
 from es_rerank_proxy.edge.http_io import decompress_bounded, readable_header
-from es_rerank_proxy.edge.upstream import undecodable_header
 from es_rerank_proxy.observe.fault_log import report_due
 from es_rerank_proxy.search.guard import deeper_than, header_list, msearch_searches
 from es_rerank_proxy.search.plan import Bypass, NeededFields, parse_body, plan_search

@@ -35,13 +35,8 @@ from .exchange import (
     elasticsearch_error,
     upstream_error_answer,
 )
-from .upstream import (
-    HOP_BY_HOP,
-    Elasticsearch,
-    error_body,
-    forwardable_request_headers,
-    headers_without,
-)
+from .headers import HOP_BY_HOP, forwardable_request_headers, headers_without
+from .upstream import Elasticsearch, error_body
 
 log = logging.getLogger(__name__)
 

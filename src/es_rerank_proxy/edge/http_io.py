@@ -12,7 +12,8 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .exchange import Answer, ClientRequest, web_response
-from .upstream import error_body, forwardable_request_headers, forwardable_response_headers
+from .headers import forwardable_request_headers, forwardable_response_headers
+from .upstream import error_body
 
 _GZIP_LEVEL = 1
 # Request headers that describe the client's body; the recall request carries a body of its own.

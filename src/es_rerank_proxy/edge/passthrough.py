@@ -16,7 +16,8 @@ from multidict import CIMultiDict
 from .. import http1
 from ..errors import UpstreamError
 from .exchange import Answer, BodyTooLarge, ClientRequest, upstream_error_answer, web_response
-from .upstream import Elasticsearch, forwardable_request_headers, forwardable_response_headers
+from .headers import forwardable_request_headers, forwardable_response_headers
+from .upstream import Elasticsearch
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,13 @@ aiohttp's client spends most of a pass-through's CPU on objects the proxy never 
 traces, URL building per request); profiled with py-spy it was two thirds of a forwarded `_doc` GET. Here
 a request is one `write` of prebuilt bytes and a response is parsed in C (httptools) into status, headers
 and body chunks. The body is handed on as it arrives, with flow control both ways, so a 1 GB `_bulk` or
-scroll costs constant memory. `connection` is one connection and its answers; `pool` keeps them.
+scroll costs constant memory. `request` is the head as sent, `connection` one connection and its answers,
+`pool` keeps them.
 """
 
-from .connection import IDEMPOTENT_METHODS, Connection, Endpoint, Response, request_head, wait_at_most
+from .connection import IDEMPOTENT_METHODS, Connection, Response, wait_at_most
 from .pool import Client, Pool
+from .request import Endpoint, request_head
 
 __all__ = [
     "IDEMPOTENT_METHODS",

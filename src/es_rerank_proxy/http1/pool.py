@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from yarl import URL
 
 from ..errors import UpstreamError
-from .connection import Connection, Endpoint, Response, request_head
+from .connection import Connection, Response
+from .request import Endpoint, request_head
 
 
 class Pool:
