@@ -14,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from .admin import debug_ui, routes, vector_transfer, warm_jobs
 from .config import Config, redact_url
 from .edge import passthrough
-from .edge.exchange import Exchange
 from .edge.fast_lane import FastLane, HeadLimits
 from .edge.headers import undecodable_header
 from .edge.http_io import es_error
@@ -22,7 +21,7 @@ from .edge.listener import GuardedAppRunner, tcp_site
 from .edge.tls import ListenerTls, listener_tls
 from .runtime import Runtime
 from .search import pipeline
-from .search.plan import classify_endpoint
+from .search.plan import SearchEndpoint, classify_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +68,22 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return exchange.response
 
 
-def fast_lane(app: web.Application, config: Config) -> FastLane:
-    """The lane for plain requests; the runtime it reads is the app's, once started."""
+def fast_lane(app: web.Application, config: Config) -> FastLane[SearchEndpoint]:
+    """The lane for plain requests; it reads the runtime's Elasticsearch and pipeline once started."""
     server = config.server
+    runtime = app[RUNTIME]
     return FastLane(
-        es=lambda: app[RUNTIME].es,
-        is_search=lambda method, path: classify_endpoint(method, path) is not None,
-        counted=lambda method, search: app[RUNTIME].metrics.count_fast_lane(method, search),
+        es=lambda: runtime.es,
+        classify=classify_endpoint,
+        counted=runtime.metrics.count_fast_lane,
         limits=HeadLimits(
             max_line_size=server.max_line_size,
             max_field_size=server.max_field_size,
             max_headers=server.max_headers,
         ),
         client_write_timeout_s=server.client_write_timeout_s,
-        search=lambda exchange: _lane_search(app, exchange),
+        search=lambda exchange, endpoint: runtime.pipeline.handle(exchange, endpoint),
     )
-
-
-async def _lane_search(app: web.Application, exchange: Exchange) -> None:
-    request = exchange.request
-    endpoint = classify_endpoint(request.method, request.raw_path)
-    if endpoint is None:  # the mirror asked the same question: not reached
-        raise AssertionError(f"not a search: {request.method} {request.raw_path}")
-    await app[RUNTIME].pipeline.handle(exchange, endpoint)
 
 
 def running_build() -> str:

@@ -19,8 +19,9 @@ from ..fakes.recording_upstream import recording_upstream
 LIMITS = HeadLimits(max_line_size=200, max_field_size=200, max_headers=4)
 
 
-def _is_search(method: str, path: str) -> bool:
-    return path.endswith("/_search")
+def _classify(method: str, path: str) -> str | None:
+    """A stand-in for the pipeline's endpoint classifier: what it says of a search rides along."""
+    return f"search of {path.removesuffix('/_search')}" if path.endswith("/_search") else None
 
 
 GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
@@ -58,11 +59,11 @@ GET = b"GET /i/_doc/1 HTTP/1.1\r\nHost: proxy\r\n\r\n"
     ],
 )
 def test_mirror_hands_the_lane_only_whole_plain_requests(data: bytes, expected: list[Plain | None]) -> None:
-    assert RequestMirror(LIMITS, _is_search).feed(data) == expected
+    assert RequestMirror(LIMITS, _classify).feed(data) == expected
 
 
 def test_mirror_follows_a_request_that_arrives_in_pieces() -> None:
-    mirror = RequestMirror(LIMITS, _is_search)
+    mirror = RequestMirror(LIMITS, _classify)
     assert mirror.feed(GET[:10]) == [] and mirror.mid_message
     assert mirror.feed(GET[10:]) == [Plain("GET", "/i/_doc/1", [("Host", "proxy")], None)]
     assert not mirror.mid_message
@@ -70,13 +71,13 @@ def test_mirror_follows_a_request_that_arrives_in_pieces() -> None:
 
 def test_mirror_leaves_large_bodies_to_aiohttp_and_stays_in_step() -> None:
     big = b"x" * (MAX_LANE_BODY + 1)
-    mirror = RequestMirror(LIMITS, _is_search)
+    mirror = RequestMirror(LIMITS, _classify)
     request = b"POST /_bulk HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big)
     assert mirror.feed(request + big + GET) == [None, Plain("GET", "/i/_doc/1", [("Host", "proxy")], None)]
 
 
 def test_mirror_gives_up_on_a_stream_it_cannot_parse() -> None:
-    mirror = RequestMirror(LIMITS, _is_search)
+    mirror = RequestMirror(LIMITS, _classify)
     assert mirror.feed(b"NOT HTTP\r\n\r\n") == []
     assert mirror.broken
     assert mirror.feed(GET) == []
@@ -142,9 +143,9 @@ async def test_searches_take_the_lane_only_when_it_serves_them() -> None:
 
 def test_mirror_hands_a_search_on_only_to_a_lane_that_serves_searches() -> None:
     search = b"GET /i/_search?q=x HTTP/1.1\r\n\r\n"
-    assert RequestMirror(LIMITS, _is_search).feed(search) == [None]
-    taken = RequestMirror(LIMITS, _is_search, takes_searches=True).feed(search)
-    assert taken == [Plain("GET", "/i/_search?q=x", [], None, search=True)]
+    assert RequestMirror(LIMITS, _classify).feed(search) == [None]
+    taken = RequestMirror(LIMITS, _classify, takes_searches=True).feed(search)
+    assert taken == [Plain("GET", "/i/_search?q=x", [], None, search="search of /i")]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +159,7 @@ def test_mirror_hands_a_search_on_only_to_a_lane_that_serves_searches() -> None:
     ],
 )
 def test_mirror_says_when_a_body_still_to_come_may_ride_the_lane(head: bytes, waits: bool) -> None:
-    mirror = RequestMirror(LIMITS, _is_search, takes_searches=True)
+    mirror = RequestMirror(LIMITS, _classify, takes_searches=True)
     assert mirror.feed(head) == []
     assert mirror.awaiting_small_body is waits
 

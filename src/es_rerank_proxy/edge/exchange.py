@@ -29,6 +29,13 @@ class ClientRequest:
     headers: CIMultiDictProxy[str]
     remote: str | None  # the peer's address, as the socket gives it
 
+    def __init__(self, method: str, target: str, headers: CIMultiDictProxy[str], remote: str | None) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "remote", remote)
+
     @property
     def raw_path(self) -> str:
         return self.target.partition("?")[0]
@@ -63,6 +70,13 @@ class Answer:
     headers: CIMultiDict[str]
     body: bytes | None  # None: it was streamed to the client and not kept
     reason: str = ""
+
+    def __init__(self, status: int, headers: CIMultiDict[str], body: bytes | None, reason: str = "") -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.reason = reason
 
 
 class BodyTooLarge(Exception):

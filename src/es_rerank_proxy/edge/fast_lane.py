@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any, Generic, TypeVar, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -49,6 +50,9 @@ _NOT_PLAIN = frozenset({b"expect", b"upgrade", b"connection", b"transfer-encodin
 _NO_BODY_STATUSES = frozenset({204, 304})
 # Elasticsearch's framing is this hop's: the lane sets its own per answer.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
+# What the lane's `classify` says of a search (the pipeline's own description of its endpoint), handed
+# to the pipeline with it, so a search is classified once.
+SearchT = TypeVar("SearchT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +63,24 @@ class Plain:
     target: str
     headers: list[tuple[str, str]]
     body: bytes | None
-    search: bool = False  # a search: the pipeline's, not a plain forward
+    # A search, as the lane's `classify` described it (a `SearchT`): the pipeline's, not a forward. Not
+    # generic itself: mypyc cannot build a generic dataclass.
+    search: object | None = None
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        search: object | None = None,
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "target", target)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "search", search)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +92,22 @@ class HeadLimits:
     max_headers: int
 
 
-class RequestMirror:
+class RequestMirror(Generic[SearchT]):
     """Follows the client's byte stream request by request, so the lane knows where each one ends.
 
-    `is_search(method, path)` picks out the requests the pipeline must see; without `takes_searches`
-    they are never `Plain`.
+    `classify(method, path)` picks out the requests the pipeline must see (None for any other); without
+    `takes_searches` they are never `Plain`.
     """
 
     def __init__(
-        self, limits: HeadLimits, is_search: Callable[[str, str], bool], takes_searches: bool = False
+        self,
+        limits: HeadLimits,
+        classify: Callable[[str, str], SearchT | None],
+        takes_searches: bool = False,
     ) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._limits = limits
-        self._is_search = is_search
+        self._classify = classify
         self._takes_searches = takes_searches
         self.broken = False  # the stream could not be followed: the lane stays shut for this connection
         self.mid_message = False
@@ -161,8 +185,8 @@ class RequestMirror:
             return None
         method = parser.get_method().decode("ascii")
         target = url.decode("ascii")
-        search = self._is_search(method, target.partition("?")[0])
-        if search and not self._takes_searches:
+        search = self._classify(method, target.partition("?")[0])
+        if search is not None and not self._takes_searches:
             return None  # checked before the headers: a search's are not worth decoding here
         headers: list[tuple[str, str]] = []
         for name, value in self._headers:
@@ -175,7 +199,7 @@ class RequestMirror:
         return Plain(method, target, headers, body, search)
 
 
-SearchHandler = Callable[[Exchange], Awaitable[None]]
+SearchHandler = Callable[[Exchange, SearchT], Awaitable[None]]
 
 
 def _not_plain(name: bytes, value: bytes) -> bool:
@@ -187,29 +211,29 @@ def _not_plain(name: bytes, value: bytes) -> bool:
     return any(token.strip().lower() != b"keep-alive" for token in value.split(b","))
 
 
-class FastLane:
+class FastLane(Generic[SearchT]):
     """Serves plain requests for the public listener's connections: searches through `search`, the rest
     forwarded untouched."""
 
     def __init__(
         self,
         es: Callable[[], Elasticsearch],
-        is_search: Callable[[str, str], bool],
+        classify: Callable[[str, str], SearchT | None],
         counted: Callable[[str, bool], None],  # (method, a search?)
         limits: HeadLimits,
         client_write_timeout_s: float | None,
-        search: SearchHandler | None = None,
+        search: SearchHandler[SearchT] | None = None,
     ) -> None:
         self._es = es
-        self._is_search = is_search
+        self._classify = classify
         self._counted = counted
         self.limits = limits
         self._client_write_timeout_s = client_write_timeout_s
         self._search = search
 
-    def mirror(self) -> RequestMirror:
+    def mirror(self) -> RequestMirror[SearchT]:
         """A mirror for one connection, handing this lane the plain requests it takes."""
-        return RequestMirror(self.limits, self._is_search, takes_searches=self._search is not None)
+        return RequestMirror(self.limits, self._classify, takes_searches=self._search is not None)
 
     async def run(
         self, request: Plain, writer: ClientWriter, remote: str | None, finished: Callable[[], None]
@@ -231,9 +255,10 @@ class FastLane:
 
     async def serve(self, request: Plain, writer: ClientWriter, remote: str | None) -> None:
         """Answer one plain request: a search through the pipeline, anything else forwarded untouched."""
-        if request.search and self._search is not None:
+        if request.search is not None and self._search is not None:
             self._counted(request.method, True)
-            await self._search(LaneExchange(self, request, writer, remote))
+            search = cast(SearchT, request.search)  # what this lane's `classify` said of it
+            await self._search(LaneExchange(self, request, writer, remote), search)
             return
         self._counted(request.method, False)
         headers = forwardable_request_headers(CIMultiDict(request.headers))
@@ -290,7 +315,7 @@ class FastLane:
 class LaneExchange:
     """A search on the fast lane: its request as the mirror parsed it, its answer written to the socket."""
 
-    def __init__(self, lane: FastLane, plain: Plain, writer: ClientWriter, remote: str | None) -> None:
+    def __init__(self, lane: FastLane[Any], plain: Plain, writer: ClientWriter, remote: str | None) -> None:
         self._lane = lane
         self._plain = plain
         self._writer = writer
@@ -363,6 +388,10 @@ def answer_bytes(answer: Answer) -> bytes:
 @dataclass(frozen=True, slots=True)
 class _Head:
     lines: list[str]
+
+    def __init__(self, lines: list[str]) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "lines", lines)
 
     def closed(self, length: int | None) -> bytes:
         return self._encode([] if length is None else [f"Content-Length: {length}"])

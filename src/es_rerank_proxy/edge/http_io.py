@@ -26,6 +26,12 @@ class Body:
     decoded: bytes | None  # decompressed; None when the proxy will not read it (Elasticsearch must answer it)
     refusal: str | None = None  # why `decoded` is None
 
+    def __init__(self, raw: bytes, decoded: bytes | None, refusal: str | None = None) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "decoded", decoded)
+        object.__setattr__(self, "refusal", refusal)
+
 
 @dataclass(frozen=True, slots=True)
 class SearchRequest:
@@ -41,6 +47,27 @@ class SearchRequest:
     header_query: str | None
     explain: bool
     accepts_gzip: bool
+
+    def __init__(
+        self,
+        method: str,
+        raw_path: str,
+        raw_path_qs: str,
+        params: dict[str, str],
+        headers: CIMultiDictProxy[str] | CIMultiDict[str],
+        header_query: str | None,
+        explain: bool,
+        accepts_gzip: bool,
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "raw_path", raw_path)
+        object.__setattr__(self, "raw_path_qs", raw_path_qs)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "header_query", header_query)
+        object.__setattr__(self, "explain", explain)
+        object.__setattr__(self, "accepts_gzip", accepts_gzip)
 
     @classmethod
     def capture(cls, request: ClientRequest) -> SearchRequest:

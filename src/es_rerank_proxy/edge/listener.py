@@ -68,7 +68,7 @@ class GuardedRequestHandler(web.RequestHandler):
         manager: web.Server,
         *,
         header_read_timeout_s: float,
-        fast_lane: FastLane | None = None,
+        fast_lane: FastLane[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
@@ -190,7 +190,7 @@ class GuardedRequestHandler(web.RequestHandler):
     def _start_lane(self, request: Plain) -> None:
         assert self._lane is not None and self.transport is not None
         writer = ClientWriter(self.transport, lambda: self._paused, self._drain_helper)
-        self._lane_search = request.search
+        self._lane_search = request.search is not None
         running = self._lane.run(request, writer, self._remote, self._lane_done)
         self._lane_task = self._loop.create_task(running)
 
@@ -284,7 +284,7 @@ class _GuardedServer(web.Server):
         self,
         origin: web.Server,
         header_read_timeout_s: float,
-        fast_lane: FastLane | None,
+        fast_lane: FastLane[Any] | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -314,7 +314,7 @@ class GuardedAppRunner(web.AppRunner):
         app: web.Application,
         limits: ServerConfig,
         *,
-        fast_lane: FastLane | None = None,
+        fast_lane: FastLane[Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(

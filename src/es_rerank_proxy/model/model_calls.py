@@ -51,6 +51,11 @@ class Flight:
     calls: int = 0
     last_error: RerankerError | None = None
 
+    def __init__(self, calls: int = 0, last_error: RerankerError | None = None) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        self.calls = calls
+        self.last_error = last_error
+
 
 def is_retryable(exc: BaseException) -> bool:
     if not isinstance(exc, RerankerUnavailable):

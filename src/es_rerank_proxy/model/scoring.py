@@ -33,6 +33,11 @@ class ScoreDoc:
     doc_id: str
     text: str
 
+    def __init__(self, doc_id: str, text: str) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "doc_id", doc_id)
+        object.__setattr__(self, "text", text)
+
 
 @dataclass(frozen=True, slots=True)
 class ScoreOutcome:
@@ -45,6 +50,25 @@ class ScoreOutcome:
     model_calls: int
     elapsed_s: float
     shared_hits: int = 0  # of `cache_hits`, those found in the shared level (Redis)
+
+    def __init__(
+        self,
+        scores: dict[int, float] | None,
+        reason: str | None,
+        cache_hits: int,
+        cache_misses: int,
+        model_calls: int,
+        elapsed_s: float,
+        shared_hits: int = 0,
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "cache_hits", cache_hits)
+        object.__setattr__(self, "cache_misses", cache_misses)
+        object.__setattr__(self, "model_calls", model_calls)
+        object.__setattr__(self, "elapsed_s", elapsed_s)
+        object.__setattr__(self, "shared_hits", shared_hits)
 
     @property
     def degraded(self) -> bool:

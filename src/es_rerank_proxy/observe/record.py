@@ -32,6 +32,49 @@ class SearchRecord:
     query_id: str | None = None  # the UBI query id(s) its record is written under (X-Query-Id)
     started: float = field(default_factory=time.perf_counter)
 
+    def __init__(
+        self,
+        kind: str,
+        indices: tuple[str, ...],
+        client: str | None = None,
+        mode: str = "rerank",
+        outcome: str = "skipped",
+        reason: str | None = None,
+        phase: Literal["live", "shadow"] = "live",
+        query_text: str | None = None,
+        es_s: float = 0.0,
+        rerank_s: float = 0.0,
+        total_s: float = 0.0,
+        documents_sent: int = 0,
+        cache_hits: int = 0,
+        shared_cache_hits: int = 0,
+        cache_misses: int = 0,
+        moved_top10: float | None = None,
+        searches: int = 1,
+        query_id: str | None = None,
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        self.kind = kind
+        self.indices = indices
+        self.client = client
+        self.mode = mode
+        self.outcome = outcome
+        self.reason = reason
+        self.phase = phase
+        self.query_text = query_text
+        self.es_s = es_s
+        self.rerank_s = rerank_s
+        self.total_s = total_s
+        self.documents_sent = documents_sent
+        self.cache_hits = cache_hits
+        self.shared_cache_hits = shared_cache_hits
+        self.cache_misses = cache_misses
+        self.moved_top10 = moved_top10
+        self.orders = []
+        self.searches = searches
+        self.query_id = query_id
+        self.started = time.perf_counter()
+
     def server_timing(self) -> str:
         """`Server-Timing` value: where this search's time went so far, in milliseconds."""
         total = (time.perf_counter() - self.started) * 1000

@@ -57,6 +57,11 @@ class ModeDecision:
     mode: Mode
     source: str
 
+    def __init__(self, mode: Mode, source: str) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "source", source)
+
 
 def compile_canary(cfg: CanaryConfig) -> CanaryRules:
     """Parse every address range once; `load_config` has already checked they are valid."""

@@ -94,6 +94,11 @@ class Prior:
     components: tuple[Components, ...]
     candidates: tuple[int, ...]
 
+    def __init__(self, components: tuple[Components, ...], candidates: tuple[int, ...]) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "components", components)
+        object.__setattr__(self, "candidates", candidates)
+
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
@@ -102,6 +107,17 @@ class Ranking:
     order: tuple[int, ...]
     scores: tuple[float, ...]
     components: tuple[Components, ...]
+
+    def __init__(
+        self,
+        order: tuple[int, ...],
+        scores: tuple[float, ...],
+        components: tuple[Components, ...],
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "components", components)
 
 
 def needs_model(blend: BlendConfig) -> bool:

@@ -45,6 +45,12 @@ class MsearchItem:
     header_raw: bytes
     body_raw: bytes
 
+    def __init__(self, header: dict[str, object], header_raw: bytes, body_raw: bytes) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "header", header)
+        object.__setattr__(self, "header_raw", header_raw)
+        object.__setattr__(self, "body_raw", body_raw)
+
 
 def split_msearch(body: bytes) -> list[MsearchItem] | Bypass:
     """The header/body pairs of an NDJSON `_msearch` body, or `Bypass("invalid_json")`."""

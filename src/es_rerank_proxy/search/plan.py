@@ -81,12 +81,21 @@ class SearchEndpoint:
     kind: Literal["search", "msearch"]
     indices: tuple[str, ...]
 
+    def __init__(self, kind: Literal["search", "msearch"], indices: tuple[str, ...]) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "indices", indices)
+
 
 @dataclass(frozen=True, slots=True)
 class Bypass:
     """Forward the request untouched; `reason` goes to `X-Rerank-Reason`."""
 
     reason: str
+
+    def __init__(self, reason: str) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "reason", reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,23 @@ class SearchPlan:
     recall_body: bytes
     recall_params: dict[str, str]
     added_fields: tuple[str, ...]
+
+    def __init__(
+        self,
+        query_text: str,
+        client_from: int,
+        client_size: int,
+        recall_body: bytes,
+        recall_params: dict[str, str],
+        added_fields: tuple[str, ...],
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "query_text", query_text)
+        object.__setattr__(self, "client_from", client_from)
+        object.__setattr__(self, "client_size", client_size)
+        object.__setattr__(self, "recall_body", recall_body)
+        object.__setattr__(self, "recall_params", recall_params)
+        object.__setattr__(self, "added_fields", added_fields)
 
 
 @functools.lru_cache(maxsize=1024)  # a frontend sends a few paths, asked of every request

@@ -25,6 +25,19 @@ class Reranked:
     reason: str | None
     teams: tuple[str, ...] | None = None  # interleaving: "es" or "rerank" for each hit of the page
 
+    def __init__(
+        self,
+        page: dict[str, object],
+        outcome: str,
+        reason: str | None,
+        teams: tuple[str, ...] | None = None,
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        self.page = page
+        self.outcome = outcome
+        self.reason = reason
+        self.teams = teams
+
 
 async def rerank_window(
     es_response: dict[str, object],

@@ -35,6 +35,12 @@ class SearchRun:
     scorer: Scorer
     wall_clock: Callable[[], datetime]
 
+    def __init__(self, es: Elasticsearch, scorer: Scorer, wall_clock: Callable[[], datetime]) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "es", es)
+        object.__setattr__(self, "scorer", scorer)
+        object.__setattr__(self, "wall_clock", wall_clock)
+
     async def run(
         self,
         meta: http_io.SearchRequest,

@@ -41,6 +41,19 @@ class QueryTap:
     requests: tuple[UbiRequest | None, ...] = ()
     bounds: tuple[tuple[int, int], ...] = ()
 
+    def __init__(
+        self,
+        kind: str,
+        ids: tuple[str | None, ...] = (),
+        requests: tuple[UbiRequest | None, ...] = (),
+        bounds: tuple[tuple[int, int], ...] = (),
+    ) -> None:
+        # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "requests", requests)
+        object.__setattr__(self, "bounds", bounds)
+
     @property
     def header(self) -> str | None:
         """`X-Query-Id`: the id of each search, comma-separated (`-` for one without)."""
