@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
 
@@ -13,7 +14,9 @@ class SearchRecord:
 
     kind: str
     indices: tuple[str, ...]
-    client: str | None = None
+    # The client's address; `client` is its text, made when read: str() of an address is interpreted
+    # Python, and the log line that reads it is written after the answer.
+    client_address: IPv4Address | IPv6Address | None = None
     mode: str = "rerank"
     outcome: str = "skipped"  # applied | skipped | degraded | shadow | error
     reason: str | None = None
@@ -36,7 +39,7 @@ class SearchRecord:
         self,
         kind: str,
         indices: tuple[str, ...],
-        client: str | None = None,
+        client_address: IPv4Address | IPv6Address | None = None,
         mode: str = "rerank",
         outcome: str = "skipped",
         reason: str | None = None,
@@ -56,7 +59,7 @@ class SearchRecord:
         # Written out: mypyc compiles this one, not the one @dataclass generates (tests/test_inits.py).
         self.kind = kind
         self.indices = indices
-        self.client = client
+        self.client_address = client_address
         self.mode = mode
         self.outcome = outcome
         self.reason = reason
@@ -74,6 +77,10 @@ class SearchRecord:
         self.searches = searches
         self.query_id = query_id
         self.started = time.perf_counter()
+
+    @property
+    def client(self) -> str | None:
+        return str(self.client_address) if self.client_address is not None else None
 
     def server_timing(self) -> str:
         """`Server-Timing` value: where this search's time went so far, in milliseconds."""

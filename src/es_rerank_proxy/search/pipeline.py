@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from ipaddress import IPv4Address, IPv6Address
 
 import orjson
 
@@ -80,7 +81,7 @@ class SearchPipeline:
                 ",".join(request.headers.getall("Forwarded", [])) or None,
                 settings.canary,
             )
-            record.client = str(address) if address is not None else None
+            record.client_address = address
             decision = canary.choose_mode(
                 settings.canary,
                 address,
@@ -119,7 +120,7 @@ class SearchPipeline:
             return None, await self._forward(exchange, body, record, "skipped", body.refusal)
         if mode == "shadow":
             answer = await self._forward(exchange, body, record, "shadow", None)
-            self._shadow(exchange.request, endpoint, body.decoded, settings, record.client)
+            self._shadow(exchange.request, endpoint, body.decoded, settings, record.client_address)
             return None, answer
         computed = await self._answer(exchange.request, endpoint, body.decoded, settings, record, mode, tap)
         if isinstance(computed, Bypass):
@@ -178,7 +179,7 @@ class SearchPipeline:
         """Hand the query records to the recorder; the answer is ready and nothing here may spoil it."""
         try:
             done = result if isinstance(result, Done) else None
-            ubi_tap.schedule_records(tap, self.record_query, mode, answer, done, record, self.wall_clock())
+            ubi_tap.schedule_records(tap, self.record_query, mode, answer, done, record, self.wall_clock)
         except Exception as exc:
             self.faults.report(exc, "recording a UBI query")
 
@@ -238,12 +239,12 @@ class SearchPipeline:
         endpoint: SearchEndpoint,
         decoded: bytes,
         settings: Settings,
-        client: str | None,
+        client: IPv4Address | IPv6Address | None,
     ) -> None:
         """Rerank in the background what was just answered in Elasticsearch's order, to compare the two."""
         if self.start_shadow is None:
             return
-        record = SearchRecord(kind=endpoint.kind, indices=endpoint.indices, client=client, mode="shadow")
+        record = SearchRecord(endpoint.kind, endpoint.indices, client_address=client, mode="shadow")
         record.phase = "shadow"
         meta = http_io.SearchRequest.capture(request)
 

@@ -105,15 +105,16 @@ def schedule_records(
     answer: Answer,
     done: Done | None,
     record: SearchRecord,
-    now: datetime,
+    clock: Callable[[], datetime],
 ) -> None:
-    """Hand the query records of this request to `sink` once the answer is on its way."""
+    """Hand the query records of this request to `sink` once the answer is on its way; `clock` is read
+    then, not before: most searches have no record to write."""
     if sink is None or tap.header is None or answer.status != 200:
         return
 
     def write() -> None:
         try:
-            for document in _documents(tap, arm, answer, done, record, now):
+            for document in _documents(tap, arm, answer, done, record, clock()):
                 sink(document)
         except Exception:  # a record must never fail a search
             log.exception("UBI query record failed")
