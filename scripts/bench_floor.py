@@ -26,7 +26,8 @@ import uvloop
 from es_rerank_proxy.config import Config, load_config
 from es_rerank_proxy.model import reranker
 from es_rerank_proxy.search import blend, page
-from es_rerank_proxy.search.plan import Bypass, classify_endpoint, plan_search
+from es_rerank_proxy.search.endpoint import classify_endpoint
+from es_rerank_proxy.search.plan import Bypass, plan_search
 from es_rerank_proxy.search.settings import Settings
 
 ANSWER_HEAD = (

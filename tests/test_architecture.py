@@ -21,6 +21,7 @@ ALLOWED = {
 }
 NEVER_ON_REQUEST_PATH = {"admin", "tools", "app", "cli"}
 PURE = (
+    "search.endpoint",
     "search.plan",
     "search.guard",
     "search.query_text",

@@ -14,7 +14,7 @@ from elasticsearch import Elasticsearch, helpers
 from hypothesis import given
 from hypothesis import strategies as st
 
-from es_rerank_proxy.search.plan import classify_endpoint
+from es_rerank_proxy.search.endpoint import classify_endpoint
 from es_rerank_proxy.tools.local_elasticsearch import free_port
 
 from .conftest import INDEX, QUERY

@@ -103,7 +103,11 @@ def expected_body(written: WrittenInit) -> list[str]:
 def test_the_request_paths_per_search_objects_have_compiled_constructors() -> None:
     """The ones this was done for; without any, the test below would pass having checked nothing."""
     checked = {written.where for written in all_written_inits()}
-    for where in ("observe/record.py:SearchRecord", "edge/fast_lane.py:Plain", "model/scoring.py:ScoreDoc"):
+    for where in (
+        "observe/record.py:SearchRecord",
+        "edge/request_mirror.py:Plain",
+        "model/scoring.py:ScoreDoc",
+    ):
         assert where in checked
 
 

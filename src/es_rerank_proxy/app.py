@@ -14,14 +14,15 @@ from prometheus_client import CollectorRegistry
 from .admin import debug_ui, routes, vector_transfer, warm_jobs
 from .config import Config, redact_url
 from .edge import passthrough
-from .edge.fast_lane import FastLane, HeadLimits
+from .edge.fast_lane import FastLane
 from .edge.headers import undecodable_header
 from .edge.http_io import es_error
 from .edge.listener import GuardedAppRunner, tcp_site
+from .edge.request_mirror import HeadLimits
 from .edge.tls import ListenerTls, listener_tls
 from .runtime import Runtime
 from .search import pipeline
-from .search.plan import SearchEndpoint, classify_endpoint
+from .search.endpoint import SearchEndpoint, classify_endpoint
 
 log = logging.getLogger(__name__)
 

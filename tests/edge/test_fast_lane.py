@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from es_rerank_proxy.app import RUNTIME
-from es_rerank_proxy.edge.fast_lane import MAX_LANE_BODY, HeadLimits, Plain, RequestMirror
+from es_rerank_proxy.edge.request_mirror import MAX_LANE_BODY, HeadLimits, Plain, RequestMirror
 
 from ..fakes.fake_reranker import closed_url
 from ..fakes.proxy_server import RunningProxy, make_config, running_proxy

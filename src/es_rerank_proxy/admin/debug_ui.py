@@ -26,7 +26,8 @@ from ..errors import UpstreamError
 from ..observe.record import SearchRecord
 from ..runtime import Runtime
 from ..search import page, pipeline
-from ..search.plan import NeededFields, classify_endpoint
+from ..search.endpoint import classify_endpoint
+from ..search.plan import NeededFields
 from ..search.settings import Settings
 
 WEIGHT_NAMES = ("rerank", "bm25", "recency", "citations")

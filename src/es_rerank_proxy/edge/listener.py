@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from ..config import ServerConfig
-from .fast_lane import ClientWriter, FastLane, Plain
+from .fast_lane import ClientWriter, FastLane
+from .request_mirror import Plain
 from .tls import ListenerTls
 from .upstream import error_body
 

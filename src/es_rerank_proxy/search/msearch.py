@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import orjson
 
 from ..config import RerankConfig
-from .plan import Bypass, NeededFields, SearchPlan, indices_match, parse_body, plan_parsed
+from .endpoint import indices_match
+from .plan import Bypass, NeededFields, SearchPlan, parse_body, plan_parsed
 
 # URL params of `_msearch` (they apply to every search) that leave each answer as we can rebuild it.
 MSEARCH_PARAMS = frozenset(

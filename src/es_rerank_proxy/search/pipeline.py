@@ -12,7 +12,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from ipaddress import IPv4Address, IPv6Address
 
 import orjson
 
@@ -24,8 +23,9 @@ from ..observe.fault_log import FaultLog
 from ..observe.record import SearchRecord
 from ..rollout import canary
 from . import ubi_tap
+from .endpoint import SearchEndpoint
 from .guard import header_list
-from .plan import Bypass, SearchEndpoint
+from .plan import Bypass
 from .result import Done as Done
 from .result import EsAnswer as EsAnswer
 from .result import Failed as Failed
@@ -239,7 +239,7 @@ class SearchPipeline:
         endpoint: SearchEndpoint,
         decoded: bytes,
         settings: Settings,
-        client: IPv4Address | IPv6Address | None,
+        client: canary.IPAddress | None,
     ) -> None:
         """Rerank in the background what was just answered in Elasticsearch's order, to compare the two."""
         if self.start_shadow is None:

@@ -21,8 +21,9 @@ from ..model.scoring import Scorer
 from ..observe.record import SearchRecord
 from ..rollout.interleave import query_seed
 from . import msearch, rerank_step
+from .endpoint import SearchEndpoint
 from .guard import msearch_searches
-from .plan import Bypass, SearchEndpoint, SearchPlan, plan_search, shadow_plan
+from .plan import Bypass, SearchPlan, plan_search, shadow_plan
 from .result import Done, EsAnswer, Failed, Result
 from .settings import Settings
 
